@@ -1,0 +1,97 @@
+"""The seam every backend fills: the model computation, and nothing else.
+
+openai-whisper's ``DecodingTask`` drives two things: an encoder forward pass
+(mel -> audio features) and an ``Inference`` object (decoder step with its KV
+cache: ``logits``, ``rearrange_kv_cache``, ``cleanup_caching``).  A backend
+supplies exactly those; every token rule, timestamp rule, fallback and
+threshold stays in openai-whisper's code, run by :mod:`max_whisper.decoding`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Dict, Optional, Type
+
+import torch
+from whisper.decoding import Inference
+from whisper.model import ModelDimensions
+
+from .config import BACKENDS, DEFAULT_MODEL
+from .errors import InputShapeError, MaxWhisperError
+from .timing import StageTimer
+
+
+class Backend(ABC):
+    """One way of running Whisper's encoder and decoder.
+
+    Subclasses set :attr:`name`, load their weights in ``__init__`` (timed as
+    the ``load`` and, where graphs are compiled, ``compile`` stages) and
+    implement :meth:`encode` and :meth:`inference`.
+    """
+
+    name: ClassVar[str]
+    #: torch device of the tensors this backend hands to the decoding logic.
+    device: torch.device = torch.device("cpu")
+    #: whether the decoding logic should ask for fp16 (whisper's ``fp16`` option).
+    fp16: bool = False
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, threads: Optional[int] = None) -> None:
+        self.model_name = model
+        self.threads = threads
+        self.timer = StageTimer()
+        if threads is not None:
+            if threads < 1:
+                raise MaxWhisperError(f"--threads must be at least 1, got {threads}")
+            torch.set_num_threads(threads)
+
+    # -- what a backend must provide --------------------------------------------------
+    dims: ModelDimensions
+    #: whisper's sparse (layer, head) mask of cross-attention heads that align with words.
+    alignment_heads: Optional[torch.Tensor] = None
+
+    @abstractmethod
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """(n, n_mels, 2 * n_audio_ctx) log-mel -> (n, n_audio_ctx, n_audio_state) features."""
+
+    @abstractmethod
+    def inference(self, initial_token_length: int) -> Inference:
+        """A fresh decoder-with-KV-cache for one call of ``DecodingTask.run``."""
+
+    # -- shared helpers --------------------------------------------------------------
+    @property
+    def is_multilingual(self) -> bool:
+        return self.dims.n_vocab >= 51865
+
+    @property
+    def num_languages(self) -> int:
+        return self.dims.n_vocab - 51765 - int(self.is_multilingual)
+
+    def check_mel(self, mel: torch.Tensor) -> None:
+        """Raise :class:`InputShapeError` unless ``mel`` is (n, n_mels, 2 * n_audio_ctx)."""
+        expected = (self.dims.n_mels, 2 * self.dims.n_audio_ctx)
+        if mel.ndim != 3 or tuple(mel.shape[1:]) != expected:
+            raise InputShapeError(
+                f"mel must have shape (batch, {expected[0]}, {expected[1]}) for this model, "
+                f"got {tuple(mel.shape)}"
+            )
+
+    def describe(self) -> Dict[str, Any]:
+        """Facts about this backend for logs and benchmark records."""
+        return {"backend": self.name, "model": self.model_name, "threads": self.threads}
+
+
+_MODULES = {"cpu": "whisper_cpu", "gpu": "whisper_gpu", "max": "whisper_max"}
+
+
+def backend_class(name: str) -> Type[Backend]:
+    """The backend class registered under ``name`` (imports its module lazily)."""
+    if name not in BACKENDS:
+        raise MaxWhisperError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    module = importlib.import_module(f".{_MODULES[name]}", __package__)
+    return module.BACKEND
+
+
+def create_backend(name: str, model: str = DEFAULT_MODEL, **options: Any) -> Backend:
+    """Instantiate a backend by name, e.g. ``create_backend("max", "tiny.en", threads=2)``."""
+    return backend_class(name)(model, **options)

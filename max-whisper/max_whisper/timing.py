@@ -1,0 +1,34 @@
+"""Stage timers shared by every backend: load, compile, mel, encode, decode."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Dict, Iterator
+
+
+class StageTimer:
+    """Accumulates wall-clock seconds and call counts per named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = defaultdict(float)
+        self.calls: Dict[str, int] = defaultdict(int)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+            self.calls[name] += 1
+
+    def reset(self, *names: str) -> None:
+        """Forget the given stages (all of them when none is named)."""
+        for name in names or list(self.seconds):
+            self.seconds.pop(name, None)
+            self.calls.pop(name, None)
+
+    def as_dict(self) -> Dict[str, float]:
+        return dict(self.seconds)
