@@ -107,18 +107,23 @@ def merge_heads(x: TensorValue) -> TensorValue:
     return ops.reshape(x, [batch, ctx, int(n_head) * int(head_state)])
 
 
-def qkv_attention(
-    q: TensorValue, k: TensorValue, v: TensorValue, n_head: int, mask: Optional[TensorValue] = None
-) -> TensorValue:
-    """softmax(q k^T / sqrt(d_head) + mask) v over ``n_head`` heads (whisper's ``qkv_attention``)."""
+def keys_transposed(k: TensorValue, n_head: int) -> TensorValue:
+    """(batch, ctx, state) keys -> (batch, head, head_state, ctx): ready for ``q @ k``."""
+    return ops.permute(split_heads(k, n_head), [0, 1, 3, 2])
+
+
+def attend(q: TensorValue, k_t: TensorValue, v: TensorValue, n_head: int, mask: Optional[TensorValue] = None) -> TensorValue:
+    """softmax(q k^T / sqrt(d_head) + mask) v (whisper's ``qkv_attention``).
+
+    q (batch, ctx, state); k_t (batch, head, head_state, n_keys) from
+    :func:`keys_transposed`; v (batch, head, n_keys, head_state) from :func:`split_heads`.
+    Caches are kept in these head layouts so a decoder step permutes only its new rows.
+    """
     head_state = int(q.shape[-1]) // n_head
-    qh = split_heads(q, n_head)
-    kh = ops.permute(split_heads(k, n_head), [0, 1, 3, 2])
-    vh = split_heads(v, n_head)
-    scores = (qh @ kh) * (1.0 / math.sqrt(head_state))
+    scores = (split_heads(q, n_head) @ k_t) * (1.0 / math.sqrt(head_state))
     if mask is not None:  # (n_new, n_past + n_new): the same length at run time as the keys
         scores = scores + ops.rebind(mask, scores.shape[-2:])
-    return merge_heads(ops.softmax(scores, axis=-1) @ vh)
+    return merge_heads(ops.softmax(scores, axis=-1) @ v)
 
 
 class MultiHeadAttention:
@@ -133,19 +138,28 @@ class MultiHeadAttention:
 
     def __call__(self, x: TensorValue, mask: Optional[TensorValue] = None) -> TensorValue:
         """Self-attention without a cache (the encoder's)."""
-        return self.out(qkv_attention(self.query(x), self.key(x), self.value(x), self.n_head, mask))
+        k_t, v = self.key_value(x)
+        return self.out(attend(self.query(x), k_t, v, self.n_head, mask))
+
+    def key_value(self, x: TensorValue) -> Tuple[TensorValue, TensorValue]:
+        """Keys and values of ``x`` in the head layouts :func:`attend` takes."""
+        return keys_transposed(self.key(x), self.n_head), split_heads(self.value(x), self.n_head)
 
     def cached(
         self, x: TensorValue, k_past: TensorValue, v_past: TensorValue, mask: TensorValue
     ) -> Tuple[TensorValue, TensorValue, TensorValue]:
-        """Self-attention of new tokens over cached + new keys; returns (out, k_all, v_all)."""
-        k = ops.concat([k_past, self.key(x)], axis=1)
-        v = ops.concat([v_past, self.value(x)], axis=1)
-        return self.out(qkv_attention(self.query(x), k, v, self.n_head, mask)), k, v
+        """Self-attention of new tokens over cached + new keys; returns (out, k_all, v_all).
+
+        k_past (batch, head, head_state, n_past), v_past (batch, head, n_past, head_state).
+        """
+        k_new, v_new = self.key_value(x)
+        k = ops.concat([k_past, k_new], axis=3)
+        v = ops.concat([v_past, v_new], axis=2)
+        return self.out(attend(self.query(x), k, v, self.n_head, mask)), k, v
 
     def cross(self, x: TensorValue, k_audio: TensorValue, v_audio: TensorValue) -> TensorValue:
-        """Cross-attention over the audio keys/values computed once per window."""
-        return self.out(qkv_attention(self.query(x), k_audio, v_audio, self.n_head))
+        """Cross-attention over the audio keys/values (from :meth:`key_value`, once per window)."""
+        return self.out(attend(self.query(x), k_audio, v_audio, self.n_head))
 
 
 class ResidualAttentionBlock:
@@ -245,10 +259,11 @@ class TextDecoder:
         self.ln = LayerNorm(weights, "decoder.ln")
 
     def cross_kv(self, audio_features: TensorValue) -> List[TensorValue]:
-        """Cross-attention keys and values of every block: [k_0, v_0, k_1, v_1, ...]."""
+        """Cross-attention keys and values of every block, [k_0, v_0, k_1, v_1, ...], in head layout:
+        k (batch, head, head_state, n_audio_ctx), v (batch, head, n_audio_ctx, head_state)."""
         out: List[TensorValue] = []
         for block in self.blocks:
-            out += [block.cross_attn.key(audio_features), block.cross_attn.value(audio_features)]
+            out += list(block.cross_attn.key_value(audio_features))
         return out
 
     def __call__(
@@ -256,15 +271,19 @@ class TextDecoder:
         tokens: TensorValue,
         positions: TensorValue,
         mask: TensorValue,
-        logit_rows: TensorValue,
+        rows: TensorValue,
         self_kv: Sequence[TensorValue],
         cross_kv: Sequence[TensorValue],
     ) -> Tuple[TensorValue, List[TensorValue]]:
-        """Logits of the rows ``logit_rows`` of the new tokens, and the grown self-attention cache.
+        """Final-norm hidden states of the rows ``rows`` of the new tokens, and the grown cache.
 
         tokens (batch, n_new) int64; positions (n_new,) int64; mask (n_new, n_past + n_new);
-        logit_rows (n_rows,) int64 indices into the new tokens; self_kv / cross_kv as
-        [k_0, v_0, k_1, v_1, ...]. Returns logits (batch, n_rows, n_vocab).
+        rows (n_rows,) int64 indices into the new tokens; self_kv / cross_kv as
+        [k_0, v_0, k_1, v_1, ...] in the head layouts of :meth:`MultiHeadAttention.key_value`.
+        Returns hidden (batch, n_rows, n_text_state) and the self-attention cache grown by
+        the new tokens.
+        The logits are :meth:`logits` of the hidden states (whisper's ``TextDecoder.forward``
+        does both at once; they are split so several steps can share one vocabulary pass).
         """
         embedding = self.weights.get("decoder.token_embedding.weight")  # (n_vocab, state)
         x = ops.gather(embedding, tokens, axis=0)
@@ -273,6 +292,21 @@ class TextDecoder:
         for i, block in enumerate(self.blocks):
             x, k, v = block.step(x, self_kv[2 * i], self_kv[2 * i + 1], cross_kv[2 * i], cross_kv[2 * i + 1], mask)
             new_kv += [k, v]
-        x = self.ln(ops.gather(x, logit_rows, axis=1))
-        logits = x @ ops.transpose(embedding, 0, 1)
-        return logits, new_kv
+        return self.ln(ops.gather(x, rows, axis=1)), new_kv
+
+    def logits(self, hidden: TensorValue) -> TensorValue:
+        """(batch, n_rows, state) -> (batch, n_rows, n_vocab): against the token embedding."""
+        return hidden @ ops.transpose(self.weights.get("decoder.token_embedding.weight"), 0, 1)
+
+    def draft(self, hidden: TensorValue) -> TensorValue:
+        """Index of the best token of the draft vocabulary for each row: a guess, checked later.
+
+        The draft vocabulary (``DRAFT_EMBEDDING``, a subset of the token embedding's rows)
+        is small, so this costs a fraction of :meth:`logits`.
+        """
+        scores = hidden @ ops.transpose(self.weights.get(DRAFT_EMBEDDING), 0, 1)
+        return ops.squeeze(ops.argmax(scores, axis=-1), -1)
+
+
+#: Registry name of the rows of ``decoder.token_embedding.weight`` used for drafting.
+DRAFT_EMBEDDING = "decoder.token_embedding.draft"

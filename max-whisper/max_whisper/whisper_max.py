@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from whisper.decoding import Inference
+from whisper.tokenizer import Tokenizer, get_tokenizer
 from whisper.model import ModelDimensions
 
 from .backend import Backend
@@ -40,7 +41,9 @@ try:  # the MAX engine is an optional dependency: the other backends work withou
     from max.engine import InferenceSession
     from max.graph import DeviceRef, Graph, TensorType
 
-    from .max_model import AudioEncoder, TextDecoder, WeightSource
+    from max.graph import ops
+
+    from .max_model import DRAFT_EMBEDDING, AudioEncoder, TextDecoder, WeightSource
 except ImportError as exc:  # pragma: no cover - exercised only where max is missing
     _MAX_IMPORT_ERROR: Optional[ImportError] = exc
 else:
@@ -49,9 +52,23 @@ else:
 DEVICES = ("auto", "cpu", "gpu")
 
 
+#: Tokens of the draft vocabulary, besides every special and timestamp token: the
+#: first ids of the byte-pair vocabulary, which are its earliest (most frequent) merges.
+DRAFT_COMMON_TOKENS = 8000
+#: How many tokens a speculative run of the greedy decoder guesses ahead.
+LOOKAHEAD = 8
+
+
 def state_dict_arrays(state_dict: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
     """The weights registry: openai-whisper ``state_dict`` names -> contiguous float32 arrays."""
     return {name: np.ascontiguousarray(t.detach().cpu().float().numpy()) for name, t in state_dict.items()}
+
+
+def draft_token_ids(tokenizer: Tokenizer, n_vocab: int, n_common: int = DRAFT_COMMON_TOKENS) -> np.ndarray:
+    """Token ids the draft pass scores: common text tokens plus every special/timestamp token."""
+    first_special = tokenizer.eot
+    common = np.arange(min(n_common, first_special), dtype=np.int64)
+    return np.concatenate([common, np.arange(first_special, n_vocab, dtype=np.int64)])
 
 
 def select_device(device: str) -> "tuple[Any, Any]":
@@ -66,8 +83,16 @@ def select_device(device: str) -> "tuple[Any, Any]":
     return CPU(), DeviceRef.CPU()
 
 
+def kv_types(dims: ModelDimensions, ctx: "int | str", device: "DeviceRef") -> list:
+    """Graph input types of a cache [k_0, v_0, k_1, v_1, ...] holding ``ctx`` positions."""
+    head, head_state = dims.n_text_head, dims.n_text_state // dims.n_text_head
+    k = TensorType(DType.float32, ["batch", head, head_state, ctx], device)
+    v = TensorType(DType.float32, ["batch", head, ctx, head_state], device)
+    return [k, v] * dims.n_text_layer
+
+
 class MaxWhisperGraphs:
-    """Builds and compiles the four graphs of one model on one device."""
+    """Builds and compiles the graphs of one model on one device."""
 
     def __init__(self, dims: ModelDimensions, weights: "WeightSource", session: "InferenceSession") -> None:
         self.dims = dims
@@ -80,6 +105,10 @@ class MaxWhisperGraphs:
 
     def _load(self, graph: "Graph"):
         return self.session.load(graph, weights_registry=self.weights.registry())
+
+    def _kv_types(self, ctx: "int | str") -> list:
+        """[k, v] * n_text_layer in head layout: k (batch, head, head_state, ctx), v (batch, head, ctx, head_state)."""
+        return kv_types(self.dims, ctx, self.device)
 
     def compile_encoder(self):
         d = self.dims
@@ -96,34 +125,39 @@ class MaxWhisperGraphs:
         return self._load(graph)
 
     def compile_decoder(self):
-        d = self.dims
-        state = d.n_text_state
+        """New tokens + caches -> (hidden rows, draft guesses, grown self-attention cache)."""
         inputs = [
             TensorType(DType.int64, ["batch", "n_new"], self.device),  # tokens
             TensorType(DType.int64, ["n_new"], self.device),  # positions
             TensorType(DType.float32, ["n_new", "n_total"], self.device),  # additive causal mask
-            TensorType(DType.int64, ["n_rows"], self.device),  # rows whose logits are returned
+            TensorType(DType.int64, ["n_rows"], self.device),  # rows whose hidden state is returned
         ]
-        inputs += [TensorType(DType.float32, ["batch", "n_past", state], self.device)] * self.n_kv
-        inputs += [TensorType(DType.float32, ["batch", d.n_audio_ctx, state], self.device)] * self.n_kv
+        inputs += self._kv_types("n_past") + self._kv_types(self.dims.n_audio_ctx)
         with Graph("whisper_decoder_step", input_types=inputs) as graph:
             values = [v.tensor for v in graph.inputs]
             tokens, positions, mask, rows = values[:4]
-            self_kv = values[4 : 4 + self.n_kv]
-            cross_kv = values[4 + self.n_kv :]
-            logits, new_kv = self.decoder(tokens, positions, mask, rows, self_kv, cross_kv)
-            graph.output(logits, *new_kv)
+            self_kv, cross_kv = values[4 : 4 + self.n_kv], values[4 + self.n_kv :]
+            hidden, new_kv = self.decoder(tokens, positions, mask, rows, self_kv, cross_kv)
+            graph.output(hidden, self.decoder.draft(hidden), *new_kv)
         return self._load(graph)
 
-    def compile_reorder(self):
-        state = self.dims.n_text_state
-        inputs = [TensorType(DType.int64, ["n_out"], self.device)]
-        inputs += [TensorType(DType.float32, ["batch", "n_past", state], self.device)] * self.n_kv
-        from max.graph import ops
+    def compile_logits(self):
+        hidden = TensorType(DType.float32, ["batch", "n_rows", self.dims.n_text_state], self.device)
+        with Graph("whisper_logits", input_types=[hidden]) as graph:
+            graph.output(self.decoder.logits(graph.inputs[0].tensor))
+        return self._load(graph)
 
-        with Graph("whisper_kv_reorder", input_types=inputs) as graph:
-            index = graph.inputs[0].tensor
-            graph.output(*(ops.gather(v.tensor, index, axis=0) for v in graph.inputs[1:]))
+    def compile_kv_select(self):
+        """Gathers the self-attention cache: batch rows (beam search) and positions (rollback)."""
+        inputs = [TensorType(DType.int64, ["n_batch_out"], self.device), TensorType(DType.int64, ["n_keep"], self.device)]
+        inputs += self._kv_types("n_past")
+        with Graph("whisper_kv_select", input_types=inputs) as graph:
+            batch_index, keep = graph.inputs[0].tensor, graph.inputs[1].tensor
+            caches = [v.tensor for v in graph.inputs[2:]]
+            # keys hold positions on axis 3, values on axis 2 (see kv_types)
+            graph.output(
+                *(ops.gather(ops.gather(c, batch_index, axis=0), keep, axis=3 - i % 2) for i, c in enumerate(caches))
+            )
         return self._load(graph)
 
 
@@ -138,37 +172,46 @@ class MaxBackend(Backend):
         *,
         threads: Optional[int] = None,
         device: str = "auto",
+        speculate: bool = True,
     ) -> None:
         if _MAX_IMPORT_ERROR is not None:
             raise BackendUnavailableError(f"the max backend needs the MAX engine (pip install max): {_MAX_IMPORT_ERROR}")
         super().__init__(model, threads=threads)
+        self.speculate = speculate
         with self.timer.stage("load"):
             checkpoint = load_checkpoint(model)
             self.dims = ModelDimensions(**checkpoint["dims"])
+            self.tokenizer = get_tokenizer(self.is_multilingual, num_languages=self.num_languages)
             arrays = state_dict_arrays(checkpoint["model_state_dict"])
+            self.draft_ids = draft_token_ids(self.tokenizer, self.dims.n_vocab)
+            arrays[DRAFT_EMBEDDING] = np.ascontiguousarray(arrays["decoder.token_embedding.weight"][self.draft_ids])
             self.driver_device, device_ref = select_device(device)
             # MAX 26.7 creates its CPU device at import time with the default thread
             # count (one per core); asking the session for another count aborts the
             # process, so --threads sets PyTorch's threads only (see docs/performance.md).
             self.session = InferenceSession(devices=[self.driver_device])
             self.weights = WeightSource(arrays, device_ref)
+        self.device_name = "gpu" if device_ref == DeviceRef.GPU() else "cpu"
         with self.timer.stage("compile"):
             graphs = MaxWhisperGraphs(self.dims, self.weights, self.session)
             self.encoder_model = graphs.compile_encoder()
             self.cross_kv_model = graphs.compile_cross_kv()
             self.decoder_model = graphs.compile_decoder()
-            self.reorder_model = graphs.compile_reorder()
-        self.device_name = "gpu" if device_ref == DeviceRef.GPU() else "cpu"
+            self.logits_model = graphs.compile_logits()
+            self.kv_select_model = graphs.compile_kv_select()
 
     # -- host <-> MAX device ------------------------------------------------------------
     def to_device(self, array: np.ndarray) -> "Buffer":
         buffer = Buffer.from_numpy(np.ascontiguousarray(array))
         return buffer if self.device_name == "cpu" else buffer.to(self.driver_device)
 
-    def to_torch(self, buffer: "Buffer") -> torch.Tensor:
+    def to_numpy(self, buffer: "Buffer") -> np.ndarray:
         if self.device_name != "cpu":
             buffer = buffer.to(CPU())
-        return torch.from_numpy(np.array(buffer.to_numpy(), copy=True))
+        return buffer.to_numpy()
+
+    def to_torch(self, buffer: "Buffer") -> torch.Tensor:
+        return torch.from_numpy(np.array(self.to_numpy(buffer), copy=True))
 
     # -- the Backend seam ---------------------------------------------------------------
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
@@ -190,52 +233,139 @@ class MaxBackend(Backend):
 
     def describe(self) -> Dict[str, Any]:
         info = super().describe()
-        info["device"] = self.device_name
+        info.update(device=self.device_name, speculate=self.speculate, draft_vocabulary=len(self.draft_ids))
         return info
 
 
 class MaxInference(Inference):
-    """whisper's ``Inference`` on MAX: a decoder step with its KV cache on the MAX device."""
+    """whisper's ``Inference`` on MAX: decoder steps with their KV cache on the MAX device.
+
+    Greedy decoding of one sequence is memory-bound on the vocabulary projection
+    (``hidden @ token_embedding.T`` reads the whole embedding for every token).
+    So, for a batch of one, each call that finds no prepared answer runs a
+    *speculative* burst: it feeds the real newest token, then up to
+    ``LOOKAHEAD - 1`` guesses of the following tokens (the draft pass: the best
+    token of a small draft vocabulary), keeping every step's exact hidden state
+    and cache; then one vocabulary pass turns all those hidden states into
+    logits.  Row ``j`` is exact for the token history it was computed with, and
+    is returned only when whisper's own choices match that history; at the first
+    mismatch the cache is cut back and a new burst starts.  The tokens chosen are
+    therefore exactly those of step-by-step decoding.
+    """
 
     def __init__(self, backend: MaxBackend, initial_token_length: int) -> None:
         self.backend = backend
         self.initial_token_length = initial_token_length
         self.self_kv: Optional[List["Buffer"]] = None
         self.cross_kv: Optional[List["Buffer"]] = None
-        self.n_past = 0
+        self.n_past = 0  # positions held by the self-attention cache
+        self.burst_start = 0  # position of the first token of the current burst
+        self.burst_tokens: List[int] = []  # input token at each position of the burst
+        self.burst_logits: Optional[torch.Tensor] = None  # (len(burst_tokens), n_vocab)
 
+    # -- whisper's Inference API ------------------------------------------------------
     def logits(self, tokens: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         backend = self.backend
-        n_ctx = backend.dims.n_text_ctx
         if self.cross_kv is None:
             self.cross_kv = backend.cross_kv(audio_features)
-        if tokens.shape[-1] > self.initial_token_length and self.self_kv is not None:
-            tokens = tokens[:, -1:]  # only the newest token once the cache holds the rest
-        n_batch, n_new = tokens.shape
-        if self.n_past + n_new > n_ctx:
-            raise InputShapeError(f"the decoder context holds {n_ctx} tokens; asked for {self.n_past + n_new}")
+        n_batch, n_tokens = tokens.shape
+        if n_tokens > backend.dims.n_text_ctx:
+            raise InputShapeError(f"the decoder context holds {backend.dims.n_text_ctx} tokens; got {n_tokens}")
         if self.self_kv is None:
-            empty = np.zeros((n_batch, 0, backend.dims.n_text_state), dtype=np.float32)
-            self.self_kv = [backend.to_device(empty) for _ in range(2 * backend.dims.n_text_layer)]
-        positions = np.arange(self.n_past, self.n_past + n_new, dtype=np.int64)
-        mask = np.triu(np.full((n_new, self.n_past + n_new), -np.inf, dtype=np.float32), k=self.n_past + 1)
-        rows = np.arange(n_new, dtype=np.int64)
-        inputs = [backend.to_device(a) for a in (tokens.numpy().astype(np.int64), positions, mask, rows)]
-        outputs = backend.decoder_model.execute(*inputs, *self.self_kv, *self.cross_kv)
-        self.self_kv = list(outputs[1:])
-        self.n_past += n_new
-        return backend.to_torch(outputs[0])
+            return self._prefill(tokens)
+        if n_batch == 1 and backend.speculate:
+            return self._speculative_step(tokens[0].tolist())
+        self._truncate(n_tokens - 1)
+        hidden = self._step(tokens[:, -1:].numpy(), rows=[0])[0]
+        return backend.to_torch(backend.logits_model.execute(hidden)[0])
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         if self.self_kv is None or list(source_indices) == list(range(len(source_indices))):
             return
-        index = self.backend.to_device(np.asarray(source_indices, dtype=np.int64))
-        self.self_kv = list(self.backend.reorder_model.execute(index, *self.self_kv))
+        self._select(np.asarray(source_indices, dtype=np.int64), self.n_past)
 
     def cleanup_caching(self) -> None:
         self.self_kv = None
         self.cross_kv = None
         self.n_past = 0
+        self.burst_tokens, self.burst_logits = [], None
+
+    # -- decoding steps ---------------------------------------------------------------
+    def _step(self, tokens: np.ndarray, rows: Sequence[int]) -> "tuple[Buffer, Buffer]":
+        """Feed (batch, n_new) tokens after the cache; return (hidden rows, draft guesses)."""
+        backend = self.backend
+        n_new = tokens.shape[1]
+        positions = np.arange(self.n_past, self.n_past + n_new, dtype=np.int64)
+        mask = np.triu(np.full((n_new, self.n_past + n_new), -np.inf, dtype=np.float32), k=self.n_past + 1)
+        inputs = [tokens.astype(np.int64), positions, mask, np.asarray(rows, dtype=np.int64)]
+        outputs = backend.decoder_model.execute(*(backend.to_device(a) for a in inputs), *self.self_kv, *self.cross_kv)
+        self.self_kv = list(outputs[2:])
+        self.n_past += n_new
+        return outputs[0], outputs[1]
+
+    def _prefill(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The first call: all initial tokens at once; logits for the rows whisper reads.
+
+        whisper reads the logits of the last token and, for the no-speech
+        probability, of the start-of-transcript token; the other rows are NaN.
+        """
+        backend = self.backend
+        d = backend.dims
+        n_batch, n_tokens = tokens.shape
+        head, head_state = d.n_text_head, d.n_text_state // d.n_text_head
+        empty_k = np.zeros((n_batch, head, head_state, 0), dtype=np.float32)
+        empty_v = np.zeros((n_batch, head, 0, head_state), dtype=np.float32)
+        self.self_kv = [backend.to_device(a) for _ in range(d.n_text_layer) for a in (empty_k, empty_v)]
+        self.n_past = 0
+        sot = (tokens[0] == backend.tokenizer.sot).nonzero()
+        rows = sorted({int(sot[0, 0]) if len(sot) else 0, n_tokens - 1})
+        hidden, _ = self._step(tokens.numpy(), rows)
+        row_logits = backend.to_torch(backend.logits_model.execute(hidden)[0])
+        logits = torch.full((n_batch, n_tokens, row_logits.shape[-1]), float("nan"))
+        logits[:, rows] = row_logits
+        self.burst_tokens, self.burst_logits = [], None
+        return logits
+
+    def _speculative_step(self, history: List[int]) -> torch.Tensor:
+        """Logits after ``history`` (one sequence), served from or refilling the burst."""
+        position = len(history) - 1  # where the newest token sits
+        offset = position - self.burst_start
+        if self.burst_logits is not None and 0 <= offset < len(self.burst_tokens):
+            if history[self.burst_start : position + 1] == self.burst_tokens[: offset + 1]:
+                return self.burst_logits[offset][None, None]
+        self._truncate(position)
+        self._burst(history[-1])
+        return self.burst_logits[0][None, None]
+
+    def _burst(self, token: int) -> None:
+        """Feed ``token`` and up to LOOKAHEAD - 1 draft guesses; one vocabulary pass for all."""
+        backend = self.backend
+        self.burst_start = self.n_past
+        self.burst_tokens = [token]
+        hidden_rows = []
+        room = backend.dims.n_text_ctx - self.n_past
+        while True:
+            hidden, draft = self._step(np.array([[token]]), rows=[0])
+            hidden_rows.append(np.array(backend.to_numpy(hidden), copy=True))
+            token = int(backend.draft_ids[int(backend.to_numpy(draft)[0, 0])])
+            if len(self.burst_tokens) >= min(LOOKAHEAD, room) or token == backend.tokenizer.eot:
+                break
+            self.burst_tokens.append(token)
+        hidden_all = backend.to_device(np.concatenate(hidden_rows, axis=1))
+        self.burst_logits = backend.to_torch(backend.logits_model.execute(hidden_all)[0])[0]
+
+    def _truncate(self, n_keep: int) -> None:
+        """Cut the self-attention cache back to its first ``n_keep`` positions."""
+        if self.n_past > n_keep:
+            n_batch = int(self.self_kv[0].shape[0])
+            self._select(np.arange(n_batch, dtype=np.int64), n_keep)
+
+    def _select(self, batch_index: np.ndarray, n_keep: int) -> None:
+        backend = self.backend
+        keep = np.arange(n_keep, dtype=np.int64)
+        outputs = backend.kv_select_model.execute(backend.to_device(batch_index), backend.to_device(keep), *self.self_kv)
+        self.self_kv = list(outputs)
+        self.n_past = n_keep
 
 
 BACKEND = MaxBackend

@@ -1,0 +1,7 @@
+#!/usr/bin/env python
+"""The benchmark runner (same as ``max-whisper benchmark``); see docs/benchmark.md and ``--help``."""
+
+from max_whisper.benchmark import main
+
+if __name__ == "__main__":
+    main()
