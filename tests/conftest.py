@@ -52,3 +52,81 @@ def jfk_audio() -> np.ndarray:
     audio, rate = soundfile.read(path, dtype="float32", always_2d=False)
     assert rate == 16000 and audio.ndim == 1
     return audio
+
+
+# -- the max backend's tests: backends built once per session, and a report of measured figures ---------
+
+#: Filled by the ``max_report`` fixture, printed at the end of the session (see pytest_terminal_summary).
+_MAX_PARITY: list[tuple[str, float, float, str]] = []
+_MAX_TIMINGS: list[tuple[str, float]] = []
+
+
+class MaxReport:
+    """Collects the relative errors and wall times the MAX tests measure, for the session summary."""
+
+    def __init__(self) -> None:
+        self.parity = _MAX_PARITY
+        self.timings = _MAX_TIMINGS
+
+    def record_parity(self, name: str, rel_err: float, bound: float, note: str = "") -> None:
+        self.parity.append((name, float(rel_err), float(bound), note))
+
+    def record_time(self, name: str, seconds: float) -> None:
+        self.timings.append((name, float(seconds)))
+
+
+@pytest.fixture(scope="session")
+def max_report() -> MaxReport:
+    return MaxReport()
+
+
+@pytest.fixture(scope="session")
+def cpu_backend() -> Any:
+    """The reference: openai-whisper's PyTorch tiny.en (``.torch_model``), float32 on the CPU."""
+    from max_whisper.whisper_cpu import CPUBackend
+
+    return CPUBackend("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def max_backend(max_report: MaxReport) -> Any:
+    """``MaxBackend("tiny.en")``: its graphs are compiled once per test session and shared by every MAX test."""
+    pytest.importorskip("max.engine", reason="the MAX engine is not installed")
+    import time
+
+    from max_whisper.whisper_max import MaxBackend
+
+    start = time.perf_counter()
+    backend = MaxBackend("tiny.en")
+    max_report.record_time("MaxBackend('tiny.en') load + compile", time.perf_counter() - start)
+    for stage in ("load", "compile"):
+        if stage in backend.timer.seconds:
+            max_report.record_time(f"  timer stage {stage!r}", backend.timer.seconds[stage])
+    return backend
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """The MAX tests' relative errors (every check with -v; else the worst of each kind) and wall times."""
+    import re
+
+    if _MAX_PARITY:
+        rows = [(name, err, bound, note) for name, err, bound, note in _MAX_PARITY]
+        if config.option.verbose <= 0:  # fold steps / blocks / seeds: worst error and count per kind
+            worst: dict[str, list[Any]] = {}
+            for name, err, bound, note in rows:
+                key = re.sub(r"\b(step|block|reorder) \d+", r"\1 *", name)
+                key = re.sub(r"\d+-token prompt|prompt of \d+|pass of \d+ tokens|\(rows [^)]*\)", "…", key)
+                note = "[random, seeds printed with -v]" if "seed" in note else note
+                entry = worst.setdefault(key, [err, bound, note, 0])
+                entry[0], entry[3] = max(entry[0], err), entry[3] + 1
+            rows = [(f"{key} (x{n})" if n > 1 else key, err, bound, note) for key, (err, bound, note, n) in worst.items()]
+        terminalreporter.section("max backend parity: relative error = max|max - torch| / max|torch|")
+        width = max(len(name) for name, *_ in rows)
+        for name, err, bound, note in rows:
+            flag = "ok " if err <= bound else "BAD"
+            terminalreporter.write_line(f"{flag} {name:<{width}}  {err:.2e}  (bound {bound:.0e}) {note}".rstrip())
+    if _MAX_TIMINGS:
+        terminalreporter.section("max backend tests: wall times")
+        width = max(len(name) for name, _ in _MAX_TIMINGS)
+        for name, seconds in _MAX_TIMINGS:
+            terminalreporter.write_line(f"{name:<{width}}  {seconds:8.2f} s")

@@ -23,7 +23,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorValue, Weight, ops
+from max.graph.quantization import QuantizationEncoding
 from whisper.model import ModelDimensions
+
+from .max_weights import DRAFT_EMBEDDING
 
 #: openai-whisper's LayerNorm epsilon (torch's default).
 LN_EPS = 1e-5
@@ -298,15 +301,27 @@ class TextDecoder:
         """(batch, n_rows, state) -> (batch, n_rows, n_vocab): against the token embedding."""
         return hidden @ ops.transpose(self.weights.get("decoder.token_embedding.weight"), 0, 1)
 
-    def draft(self, hidden: TensorValue) -> TensorValue:
-        """Index of the best token of the draft vocabulary for each row: a guess, checked later.
+    def draft(self, hidden: TensorValue, timestamp_begin: int, n_vocab: int) -> Tuple[TensorValue, TensorValue]:
+        """Guess the token whisper will pick after each row: (guess, margin), each (batch, n_rows).
 
-        The draft vocabulary (``DRAFT_EMBEDDING``, a subset of the token embedding's rows)
-        is small, so this costs a fraction of :meth:`logits`.
+        Scores against the 4-bit copy of the token embedding (:data:`DRAFT_EMBEDDING`),
+        a seventh of the bytes of :meth:`logits`, and follows the rule of whisper's
+        ``ApplyTimestampRules`` that decides most choices between text and time: a
+        timestamp is picked when the timestamps' total probability beats every text
+        token.  ``margin`` (in logits) is how far the guess is ahead of the runner-up:
+        small margins are where a 4-bit guess may differ from the float32 choice.
         """
-        scores = hidden @ ops.transpose(self.weights.get(DRAFT_EMBEDDING), 0, 1)
-        return ops.squeeze(ops.argmax(scores, axis=-1), -1)
-
-
-#: Registry name of the rows of ``decoder.token_embedding.weight`` used for drafting.
-DRAFT_EMBEDDING = "decoder.token_embedding.draft"
+        scores = ops.qmatmul(QuantizationEncoding.Q4_0, None, hidden, self.weights.get(DRAFT_EMBEDDING))
+        text, times = scores[:, :, :timestamp_begin], scores[:, :, timestamp_begin:n_vocab]
+        top_text, top_text_index = ops.top_k(text, 2, axis=-1)
+        best_text, second_text = top_text[:, :, 0], top_text[:, :, 1]
+        best_time = ops.squeeze(ops.max(times, axis=-1), -1)
+        time_mass = best_time + ops.log(ops.sum(ops.exp(times - ops.unsqueeze(best_time, -1)), axis=-1)[:, :, 0])
+        pick_time = time_mass > best_text
+        guess = ops.where(
+            pick_time,
+            ops.squeeze(ops.argmax(times, axis=-1), -1) + timestamp_begin,
+            top_text_index[:, :, 0],
+        )
+        margin = ops.where(pick_time, time_mass - best_text, best_text - ops.max(second_text, time_mass))
+        return guess, margin

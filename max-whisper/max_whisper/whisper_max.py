@@ -22,12 +22,13 @@ runs here: torch tensors only carry data across whisper's ``Inference`` seam.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from whisper.decoding import Inference
-from whisper.tokenizer import Tokenizer, get_tokenizer
+from whisper.tokenizer import get_tokenizer
 from whisper.model import ModelDimensions
 
 from .backend import Backend
@@ -43,7 +44,8 @@ try:  # the MAX engine is an optional dependency: the other backends work withou
 
     from max.graph import ops
 
-    from .max_model import DRAFT_EMBEDDING, AudioEncoder, TextDecoder, WeightSource
+    from .max_model import AudioEncoder, TextDecoder, WeightSource
+    from .max_weights import state_dict_arrays
 except ImportError as exc:  # pragma: no cover - exercised only where max is missing
     _MAX_IMPORT_ERROR: Optional[ImportError] = exc
 else:
@@ -52,23 +54,10 @@ else:
 DEVICES = ("auto", "cpu", "gpu")
 
 
-#: Tokens of the draft vocabulary, besides every special and timestamp token: the
-#: first ids of the byte-pair vocabulary, which are its earliest (most frequent) merges.
-DRAFT_COMMON_TOKENS = 8000
-#: How many tokens a speculative run of the greedy decoder guesses ahead.
-LOOKAHEAD = 8
-
-
-def state_dict_arrays(state_dict: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
-    """The weights registry: openai-whisper ``state_dict`` names -> contiguous float32 arrays."""
-    return {name: np.ascontiguousarray(t.detach().cpu().float().numpy()) for name, t in state_dict.items()}
-
-
-def draft_token_ids(tokenizer: Tokenizer, n_vocab: int, n_common: int = DRAFT_COMMON_TOKENS) -> np.ndarray:
-    """Token ids the draft pass scores: common text tokens plus every special/timestamp token."""
-    first_special = tokenizer.eot
-    common = np.arange(min(n_common, first_special), dtype=np.int64)
-    return np.concatenate([common, np.arange(first_special, n_vocab, dtype=np.int64)])
+#: How many tokens a speculative run of the greedy decoder feeds (the real one + guesses).
+LOOKAHEAD = 12
+#: A burst stops before a guess whose 4-bit margin over the runner-up is below this (logits).
+MIN_DRAFT_MARGIN = 1.0
 
 
 def select_device(device: str) -> "tuple[Any, Any]":
@@ -94,8 +83,11 @@ def kv_types(dims: ModelDimensions, ctx: "int | str", device: "DeviceRef") -> li
 class MaxWhisperGraphs:
     """Builds and compiles the graphs of one model on one device."""
 
-    def __init__(self, dims: ModelDimensions, weights: "WeightSource", session: "InferenceSession") -> None:
+    def __init__(
+        self, dims: ModelDimensions, weights: "WeightSource", session: "InferenceSession", timestamp_begin: int
+    ) -> None:
         self.dims = dims
+        self.timestamp_begin = timestamp_begin
         self.weights = weights
         self.session = session
         self.device = weights.device
@@ -125,7 +117,7 @@ class MaxWhisperGraphs:
         return self._load(graph)
 
     def compile_decoder(self):
-        """New tokens + caches -> (hidden rows, draft guesses, grown self-attention cache)."""
+        """New tokens + caches -> (hidden rows, draft guesses, their margins, grown self-attention cache)."""
         inputs = [
             TensorType(DType.int64, ["batch", "n_new"], self.device),  # tokens
             TensorType(DType.int64, ["n_new"], self.device),  # positions
@@ -138,7 +130,8 @@ class MaxWhisperGraphs:
             tokens, positions, mask, rows = values[:4]
             self_kv, cross_kv = values[4 : 4 + self.n_kv], values[4 + self.n_kv :]
             hidden, new_kv = self.decoder(tokens, positions, mask, rows, self_kv, cross_kv)
-            graph.output(hidden, self.decoder.draft(hidden), *new_kv)
+            guess, margin = self.decoder.draft(hidden, self.timestamp_begin, self.dims.n_vocab)
+            graph.output(hidden, guess, margin, *new_kv)
         return self._load(graph)
 
     def compile_logits(self):
@@ -178,13 +171,13 @@ class MaxBackend(Backend):
             raise BackendUnavailableError(f"the max backend needs the MAX engine (pip install max): {_MAX_IMPORT_ERROR}")
         super().__init__(model, threads=threads)
         self.speculate = speculate
+        #: decoder counters: steps run, speculative bursts, logits rows computed / served.
+        self.stats: Counter = Counter()
         with self.timer.stage("load"):
             checkpoint = load_checkpoint(model)
             self.dims = ModelDimensions(**checkpoint["dims"])
             self.tokenizer = get_tokenizer(self.is_multilingual, num_languages=self.num_languages)
             arrays = state_dict_arrays(checkpoint["model_state_dict"])
-            self.draft_ids = draft_token_ids(self.tokenizer, self.dims.n_vocab)
-            arrays[DRAFT_EMBEDDING] = np.ascontiguousarray(arrays["decoder.token_embedding.weight"][self.draft_ids])
             self.driver_device, device_ref = select_device(device)
             # MAX 26.7 creates its CPU device at import time with the default thread
             # count (one per core); asking the session for another count aborts the
@@ -193,7 +186,7 @@ class MaxBackend(Backend):
             self.weights = WeightSource(arrays, device_ref)
         self.device_name = "gpu" if device_ref == DeviceRef.GPU() else "cpu"
         with self.timer.stage("compile"):
-            graphs = MaxWhisperGraphs(self.dims, self.weights, self.session)
+            graphs = MaxWhisperGraphs(self.dims, self.weights, self.session, self.tokenizer.timestamp_begin)
             self.encoder_model = graphs.compile_encoder()
             self.cross_kv_model = graphs.compile_cross_kv()
             self.decoder_model = graphs.compile_decoder()
@@ -233,7 +226,7 @@ class MaxBackend(Backend):
 
     def describe(self) -> Dict[str, Any]:
         info = super().describe()
-        info.update(device=self.device_name, speculate=self.speculate, draft_vocabulary=len(self.draft_ids))
+        info.update(device=self.device_name, speculate=self.speculate, lookahead=LOOKAHEAD)
         return info
 
 
@@ -262,13 +255,17 @@ class MaxInference(Inference):
         self.burst_start = 0  # position of the first token of the current burst
         self.burst_tokens: List[int] = []  # input token at each position of the burst
         self.burst_logits: Optional[torch.Tensor] = None  # (len(burst_tokens), n_vocab)
+        self.burst_caches: List[List["Buffer"]] = []  # cache holding burst_start + j positions, per j
 
     # -- whisper's Inference API ------------------------------------------------------
     def logits(self, tokens: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         backend = self.backend
-        if self.cross_kv is None:
-            self.cross_kv = backend.cross_kv(audio_features)
         n_batch, n_tokens = tokens.shape
+        if self.cross_kv is None:
+            # whisper repeats the tokens of each window for beam search / best-of, not its features
+            if audio_features.shape[0] != n_batch:
+                audio_features = audio_features.repeat_interleave(n_batch // audio_features.shape[0], dim=0)
+            self.cross_kv = backend.cross_kv(audio_features)
         if n_tokens > backend.dims.n_text_ctx:
             raise InputShapeError(f"the decoder context holds {backend.dims.n_text_ctx} tokens; got {n_tokens}")
         if self.self_kv is None:
@@ -288,20 +285,21 @@ class MaxInference(Inference):
         self.self_kv = None
         self.cross_kv = None
         self.n_past = 0
-        self.burst_tokens, self.burst_logits = [], None
+        self.burst_tokens, self.burst_logits, self.burst_caches = [], None, []
 
     # -- decoding steps ---------------------------------------------------------------
-    def _step(self, tokens: np.ndarray, rows: Sequence[int]) -> "tuple[Buffer, Buffer]":
-        """Feed (batch, n_new) tokens after the cache; return (hidden rows, draft guesses)."""
+    def _step(self, tokens: np.ndarray, rows: Sequence[int]) -> "tuple[Buffer, Buffer, Buffer]":
+        """Feed (batch, n_new) tokens after the cache; return (hidden rows, guesses, margins)."""
         backend = self.backend
         n_new = tokens.shape[1]
         positions = np.arange(self.n_past, self.n_past + n_new, dtype=np.int64)
         mask = np.triu(np.full((n_new, self.n_past + n_new), -np.inf, dtype=np.float32), k=self.n_past + 1)
         inputs = [tokens.astype(np.int64), positions, mask, np.asarray(rows, dtype=np.int64)]
         outputs = backend.decoder_model.execute(*(backend.to_device(a) for a in inputs), *self.self_kv, *self.cross_kv)
-        self.self_kv = list(outputs[2:])
+        backend.stats["steps"] += 1
+        self.self_kv = list(outputs[3:])
         self.n_past += n_new
-        return outputs[0], outputs[1]
+        return outputs[0], outputs[1], outputs[2]
 
     def _prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         """The first call: all initial tokens at once; logits for the rows whisper reads.
@@ -319,11 +317,11 @@ class MaxInference(Inference):
         self.n_past = 0
         sot = (tokens[0] == backend.tokenizer.sot).nonzero()
         rows = sorted({int(sot[0, 0]) if len(sot) else 0, n_tokens - 1})
-        hidden, _ = self._step(tokens.numpy(), rows)
+        hidden, _, _ = self._step(tokens.numpy(), rows)
         row_logits = backend.to_torch(backend.logits_model.execute(hidden)[0])
         logits = torch.full((n_batch, n_tokens, row_logits.shape[-1]), float("nan"))
         logits[:, rows] = row_logits
-        self.burst_tokens, self.burst_logits = [], None
+        self.burst_tokens, self.burst_logits, self.burst_caches = [], None, []
         return logits
 
     def _speculative_step(self, history: List[int]) -> torch.Tensor:
@@ -332,9 +330,11 @@ class MaxInference(Inference):
         offset = position - self.burst_start
         if self.burst_logits is not None and 0 <= offset < len(self.burst_tokens):
             if history[self.burst_start : position + 1] == self.burst_tokens[: offset + 1]:
+                self.backend.stats["rows_served"] += 1
                 return self.burst_logits[offset][None, None]
         self._truncate(position)
         self._burst(history[-1])
+        self.backend.stats["rows_served"] += 1
         return self.burst_logits[0][None, None]
 
     def _burst(self, token: int) -> None:
@@ -342,21 +342,35 @@ class MaxInference(Inference):
         backend = self.backend
         self.burst_start = self.n_past
         self.burst_tokens = [token]
+        self.burst_caches = [self.self_kv]
         hidden_rows = []
         room = backend.dims.n_text_ctx - self.n_past
         while True:
-            hidden, draft = self._step(np.array([[token]]), rows=[0])
+            hidden, guess, margin = self._step(np.array([[token]]), rows=[0])
+            self.burst_caches.append(self.self_kv)
             hidden_rows.append(np.array(backend.to_numpy(hidden), copy=True))
-            token = int(backend.draft_ids[int(backend.to_numpy(draft)[0, 0])])
-            if len(self.burst_tokens) >= min(LOOKAHEAD, room) or token == backend.tokenizer.eot:
+            token = min(int(backend.to_numpy(guess)[0, 0]), backend.dims.n_vocab - 1)
+            if (
+                len(self.burst_tokens) >= min(LOOKAHEAD, room)
+                or token == backend.tokenizer.eot
+                or float(backend.to_numpy(margin)[0, 0]) < MIN_DRAFT_MARGIN
+            ):
                 break
             self.burst_tokens.append(token)
+        backend.stats["bursts"] += 1
+        backend.stats["burst_rows"] += len(hidden_rows)
         hidden_all = backend.to_device(np.concatenate(hidden_rows, axis=1))
         self.burst_logits = backend.to_torch(backend.logits_model.execute(hidden_all)[0])[0]
 
     def _truncate(self, n_keep: int) -> None:
         """Cut the self-attention cache back to its first ``n_keep`` positions."""
         if self.n_past > n_keep:
+            self.backend.stats["rollbacks"] += 1
+            if 0 <= n_keep - self.burst_start < len(self.burst_caches):
+                # every step of a burst made a new cache: take the one that ends at n_keep
+                self.self_kv = self.burst_caches[n_keep - self.burst_start]
+                self.n_past = n_keep
+                return
             n_batch = int(self.self_kv[0].shape[0])
             self._select(np.arange(n_batch, dtype=np.int64), n_keep)
 

@@ -1,0 +1,71 @@
+"""The MAX backend's weights registry, made in one place from an openai-whisper checkpoint.
+
+Every weight keeps its openai-whisper ``state_dict`` name and float32 values.
+One derived weight is added: :data:`DRAFT_EMBEDDING`, a 4-bit (GGML ``Q4_0``)
+copy of the token embedding that the speculative decoder uses to *guess* the
+next token cheaply (11 MB to read instead of 80 MB).  Guesses are only ever
+used to decide what to compute ahead; every logit whisper sees comes from the
+float32 embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+import torch
+
+#: Registry name of the 4-bit draft copy of ``decoder.token_embedding.weight``.
+DRAFT_EMBEDDING = "decoder.token_embedding.q4_0"
+#: GGML Q4_0 block: 32 weights -> a float16 scale and 16 bytes of 4-bit values.
+Q4_0_BLOCK = 32
+#: MAX's Q4_0 matmul wants the number of output rows to be a multiple of this.
+Q4_0_ROW_MULTIPLE = 32
+
+
+def state_dict_arrays(state_dict: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+    """The registry: openai-whisper names -> contiguous float32 arrays, plus the draft embedding."""
+    arrays = {name: np.ascontiguousarray(t.detach().cpu().float().numpy()) for name, t in state_dict.items()}
+    arrays[DRAFT_EMBEDDING] = draft_embedding(arrays["decoder.token_embedding.weight"])
+    return arrays
+
+
+def draft_embedding(embedding: np.ndarray) -> np.ndarray:
+    """Q4_0 copy of the (n_vocab, state) embedding, rows padded with copies of the last row.
+
+    A padded row scores exactly like the last token, and ``argmax`` returns the
+    first of equal scores, so a guess never lands on a padding row.
+    """
+    pad = (-embedding.shape[0]) % Q4_0_ROW_MULTIPLE
+    padded = np.concatenate([embedding, np.repeat(embedding[-1:], pad, axis=0)])
+    return quantize_q4_0(padded)
+
+
+def quantize_q4_0(weight: np.ndarray) -> np.ndarray:
+    """GGML Q4_0 of a (rows, cols) matrix, cols a multiple of 32 -> (rows, cols / 32 * 18) uint8.
+
+    Each block of 32 values x: scale d = (value of largest magnitude) / -8, stored
+    as float16, then 16 bytes whose low nibbles hold q[0..15] and high nibbles
+    q[16..31], q = clamp(round(x / d) + 8, 0, 15), so x ~= (q - 8) * d.
+    """
+    rows, cols = weight.shape
+    if cols % Q4_0_BLOCK:
+        raise ValueError(f"Q4_0 needs a multiple of {Q4_0_BLOCK} columns, got {cols}")
+    blocks = weight.reshape(rows, cols // Q4_0_BLOCK, Q4_0_BLOCK).astype(np.float32)
+    largest = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    scale = largest / -8.0
+    inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+    q = np.clip(np.floor(blocks * inverse[..., None] + 8.5), 0, 15).astype(np.uint8)
+    packed = q[..., :16] | (q[..., 16:] << 4)
+    scale_bytes = scale.astype(np.float16).view(np.uint8).reshape(rows, cols // Q4_0_BLOCK, 2)
+    return np.ascontiguousarray(np.concatenate([scale_bytes, packed], axis=-1).reshape(rows, -1))
+
+
+def dequantize_q4_0(packed: np.ndarray, cols: int) -> np.ndarray:
+    """Inverse of :func:`quantize_q4_0` (for tests and inspection)."""
+    rows = packed.shape[0]
+    blocks = packed.reshape(rows, cols // Q4_0_BLOCK, 2 + Q4_0_BLOCK // 2)
+    scale = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+    low, high = blocks[..., 2:] & 0x0F, blocks[..., 2:] >> 4
+    q = np.concatenate([low, high], axis=-1).astype(np.float32)
+    return ((q - 8.0) * scale[..., None]).reshape(rows, cols)
