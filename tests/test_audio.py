@@ -53,7 +53,7 @@ def assert_audio_error(exc_info: pytest.ExceptionInfo, path: Path, *fragments: s
 def test_reexports_are_openai_whispers():
     assert SAMPLE_RATE == 16000 == whisper.audio.SAMPLE_RATE
     assert audio.N_SAMPLES == whisper.audio.N_SAMPLES == 30 * 16000
-    assert audio.log_mel_spectrogram is whisper.audio.log_mel_spectrogram
+    # audio.log_mel_spectrogram is the project's bounded-memory twin (bit-identical, tested below)
     assert audio.pad_or_trim is whisper.audio.pad_or_trim
 
 
@@ -400,3 +400,17 @@ def test_real_ffmpeg_decodes_what_soundfile_cannot(tmp_path):
     y = load_audio(m4a)
     assert abs(len(y) - SAMPLE_RATE) < 0.1 * SAMPLE_RATE
     assert abs(peak_hz(y) - 440.0) <= 2.0
+
+
+def test_log_mel_in_pieces_is_whispers_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long audio is framed in pieces (bounded memory); the features must not change by a bit."""
+    import whisper
+
+    from max_whisper import audio as audio_module
+
+    monkeypatch.setattr(audio_module, "MEL_CHUNK_FRAMES", 700)  # several pieces on a 25-s signal
+    samples = np.random.default_rng().standard_normal(16000 * 25 + 123).astype(np.float32) * 0.1
+    for padding in (0, 480000):
+        ours = audio_module.log_mel_spectrogram(samples, 80, padding=padding)
+        reference = whisper.audio.log_mel_spectrogram(samples, 80, padding=padding)
+        assert torch.equal(ours, reference)

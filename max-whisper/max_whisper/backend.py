@@ -35,6 +35,9 @@ class Backend(ABC):
     device: torch.device = torch.device("cpu")
     #: whether the decoding logic should ask for fp16 (whisper's ``fp16`` option).
     fp16: bool = False
+    #: torch's thread count while this backend transcribes (None: leave it): a backend whose model
+    #: runs outside torch keeps torch's token logic on one thread, off the model's cores.
+    host_torch_threads: Optional[int] = None
 
     def __init__(self, model: str = DEFAULT_MODEL, *, threads: Optional[int] = None) -> None:
         self.model_name = model

@@ -424,32 +424,6 @@ def _decode_options(spec: Mapping[str, Any]) -> Dict[str, Any]:
     return options
 
 
-class _TimedMel:
-    """Times ``whisper.transcribe``'s own ``log_mel_spectrogram`` call under the backend's ``mel`` stage."""
-
-    def __init__(self) -> None:
-        import importlib
-
-        self.module = importlib.import_module("whisper.transcribe")
-        self.original = self.module.log_mel_spectrogram
-        self.timer = None
-
-    def __enter__(self) -> "_TimedMel":
-        original = self.original
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            if self.timer is None:
-                return original(*args, **kwargs)
-            with self.timer.stage("mel"):
-                return original(*args, **kwargs)
-
-        self.module.log_mel_spectrogram = timed
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.module.log_mel_spectrogram = self.original
-
-
 def _unavailable(reason: str) -> Dict[str, Any]:
     return {"status": "unavailable", "reason": _one_line(reason)}
 
@@ -487,64 +461,63 @@ def _run_backend(spec: Mapping[str, Any]) -> Dict[str, Any]:
     gpu_used = getattr(backend, "device", None) is not None and backend.device.type == "cuda"
 
     clips = []
-    with _TimedMel() as mel_patch:
-        mel_patch.timer = timer
-        for path in spec["audio"]:
-            try:
-                audio = load_audio(path)
-            except MaxWhisperError as exc:
-                clips.append({"audio": path, "status": "error", "reason": _one_line(exc)})
-                continue
-            duration = audio_duration(audio)
-            clip: Dict[str, Any] = {"audio": path, "duration_s": duration}
-            try:
-                runs = []
-                warmup_s = None
-                token_lists = []
-                result: Dict[str, Any] = {}
-                for i in range(spec["warmup"] + spec["runs"]):
-                    warm = i < spec["warmup"]
-                    timer.reset("mel", "encode", "decode", "transcribe")
-                    t0 = time.perf_counter()
-                    result = transcribe(backend, audio, **decode_options)
-                    total = time.perf_counter() - t0
-                    if warm:
-                        warmup_s = total if warmup_s is None else warmup_s + total
-                        _log(f"{name}: {Path(path).name}: warm-up {total:.2f} s")
-                        continue
-                    seconds = dict(timer.seconds)
-                    mel = seconds.get("mel")
-                    if not timer.calls.get("mel"):
-                        # whisper.transcribe did not go through the patched function: time the
-                        # same call on the same padded input separately (an estimate).
-                        t1 = time.perf_counter()
-                        log_mel_spectrogram(audio, backend.dims.n_mels, padding=N_SAMPLES)
-                        mel = time.perf_counter() - t1
-                    encode = seconds.get("encode", 0.0)
-                    decode = seconds.get("decode", 0.0)
-                    runs.append({
-                        "total": total, "mel": mel, "encode": encode, "decode": decode,
-                        "other": max(total - (mel or 0.0) - encode - decode, 0.0),
-                    })
-                    token_lists.append(result_tokens(result))
-                    _log(f"{name}: {Path(path).name}: run {len(runs)}/{spec['runs']} {total:.2f} s")
-            except Exception as exc:  # noqa: BLE001
-                traceback.print_exc(file=sys.stderr)
-                clip.update(status="error", reason=_one_line(f"{type(exc).__name__}: {exc}"))
-                clips.append(clip)
-                continue
-            tokens = token_lists[-1] if token_lists else []
-            clip.update(
-                status="ok",
-                warmup_s=warmup_s,
-                runs=runs,
-                tokens=tokens,
-                text_tokens=len(text_tokens(tokens, eot)),
-                deterministic=all(t == tokens for t in token_lists),
-                text=result.get("text", ""),
-                language=result.get("language"),
-            )
+    # the decoding wrapper times whisper's own log-mel call as the "mel" stage
+    for path in spec["audio"]:
+        try:
+            audio = load_audio(path)
+        except MaxWhisperError as exc:
+            clips.append({"audio": path, "status": "error", "reason": _one_line(exc)})
+            continue
+        duration = audio_duration(audio)
+        clip: Dict[str, Any] = {"audio": path, "duration_s": duration}
+        try:
+            runs = []
+            warmup_s = None
+            token_lists = []
+            result: Dict[str, Any] = {}
+            for i in range(spec["warmup"] + spec["runs"]):
+                warm = i < spec["warmup"]
+                timer.reset("mel", "encode", "decode", "transcribe")
+                t0 = time.perf_counter()
+                result = transcribe(backend, audio, **decode_options)
+                total = time.perf_counter() - t0
+                if warm:
+                    warmup_s = total if warmup_s is None else warmup_s + total
+                    _log(f"{name}: {Path(path).name}: warm-up {total:.2f} s")
+                    continue
+                seconds = dict(timer.seconds)
+                mel = seconds.get("mel")
+                if not timer.calls.get("mel"):
+                    # whisper.transcribe did not go through the patched function: time the
+                    # same call on the same padded input separately (an estimate).
+                    t1 = time.perf_counter()
+                    log_mel_spectrogram(audio, backend.dims.n_mels, padding=N_SAMPLES)
+                    mel = time.perf_counter() - t1
+                encode = seconds.get("encode", 0.0)
+                decode = seconds.get("decode", 0.0)
+                runs.append({
+                    "total": total, "mel": mel, "encode": encode, "decode": decode,
+                    "other": max(total - (mel or 0.0) - encode - decode, 0.0),
+                })
+                token_lists.append(result_tokens(result))
+                _log(f"{name}: {Path(path).name}: run {len(runs)}/{spec['runs']} {total:.2f} s")
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc(file=sys.stderr)
+            clip.update(status="error", reason=_one_line(f"{type(exc).__name__}: {exc}"))
             clips.append(clip)
+            continue
+        tokens = token_lists[-1] if token_lists else []
+        clip.update(
+            status="ok",
+            warmup_s=warmup_s,
+            runs=runs,
+            tokens=tokens,
+            text_tokens=len(text_tokens(tokens, eot)),
+            deterministic=all(t == tokens for t in token_lists),
+            text=result.get("text", ""),
+            language=result.get("language"),
+        )
+        clips.append(clip)
 
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if (cuda and gpu_used) else None
     try:

@@ -6,12 +6,27 @@ temperature fallback, thresholds, prompts, word timestamps) and
 The only thing that changes between backends is the model computation:
 ``DecodingTask`` is given the backend's encoder and its ``Inference`` (decoder
 step + KV cache) instead of the PyTorch ones.
+
+Two things are added around whisper's ``transcribe``, neither changing a result:
+
+* **bounded memory on long audio**: whisper's ``log_mel_spectrogram`` holds the
+  whole STFT of the file at once (about 1.6 GB for an hour of audio).  During
+  :func:`transcribe`, ``whisper.transcribe`` computes its log-mel with
+  :func:`max_whisper.audio.log_mel_spectrogram` instead: the same features, bit
+  for bit, in 5-minute pieces (timed as the backend's ``mel`` stage).
+* **determinism**: torch's RNG (used only when a window falls back to sampling
+  at a temperature above 0) is seeded for each call (``seed=0`` by default,
+  ``seed=None`` keeps the global RNG), inside ``torch.random.fork_rng`` so the
+  caller's RNG state is left as it was. The same audio and options therefore
+  give the same result on every run.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import replace
-from typing import Any, Dict, List, Union
+from contextlib import ExitStack, contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 import torch
@@ -19,6 +34,7 @@ import whisper
 from whisper.decoding import BeamSearchDecoder, DecodingOptions, DecodingResult, DecodingTask, Inference
 from whisper.decoding import detect_language as _whisper_detect_language
 
+from .audio import log_mel_spectrogram
 from .backend import Backend
 from .errors import MaxWhisperError
 from .timing import StageTimer
@@ -123,18 +139,62 @@ class BackendDecodingTask(DecodingTask):
             self.decoder.inference = self.inference
 
 
+@contextmanager
+def _whisper_uses(mel_function: Any, backend: Backend) -> Iterator[None]:
+    """Within the block, ``whisper.transcribe`` computes its log-mel with ``mel_function``, timed as ``mel``."""
+    module = importlib.import_module("whisper.transcribe")
+    original = module.log_mel_spectrogram
+
+    def timed(*args: Any, **kwargs: Any) -> torch.Tensor:
+        with backend.timer.stage("mel"):
+            return mel_function(*args, **kwargs)
+
+    module.log_mel_spectrogram = timed
+    try:
+        yield
+    finally:
+        module.log_mel_spectrogram = original
+
+
+@contextmanager
+def _torch_threads(count: Optional[int]) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` within the block (unchanged when None)."""
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def transcribe(backend: Backend, audio: Union[np.ndarray, torch.Tensor], **options: Any) -> Dict[str, Any]:
     """Transcribe 16-kHz mono float32 ``audio`` with ``backend``.
 
     ``options`` are those of ``whisper.transcribe`` (``temperature``,
     ``initial_prompt``, ``word_timestamps``, ``verbose`` ...) and of
-    ``DecodingOptions`` (``language``, ``task``, ``beam_size`` ...).  Returns
-    whisper's result dict: ``text``, ``segments``, ``language``.
+    ``DecodingOptions`` (``language``, ``task``, ``beam_size`` ...), plus
+    ``seed`` (default 0): torch's RNG is seeded with it for this call, so a
+    fallback to sampling draws the same numbers every run (``None``: use the
+    global RNG as it is).  Returns whisper's result dict: ``text``,
+    ``segments``, ``language``.
     """
+    seed = options.pop("seed", 0)
     options.setdefault("fp16", backend.fp16)
     if options.get("word_timestamps") and getattr(backend, "torch_model", None) is None:
         raise MaxWhisperError(f"--word-timestamps is not supported by the {backend.name} backend")
     if isinstance(audio, np.ndarray):
         audio = np.ascontiguousarray(audio, dtype=np.float32)
-    with backend.timer.stage("transcribe"):
+    devices: List[int] = []
+    if backend.device.type == "cuda":
+        devices = [backend.device.index if backend.device.index is not None else torch.cuda.current_device()]
+    with ExitStack() as stack:
+        stack.enter_context(backend.timer.stage("transcribe"))
+        stack.enter_context(torch.random.fork_rng(devices=devices, enabled=seed is not None))
+        stack.enter_context(_whisper_uses(log_mel_spectrogram, backend))
+        stack.enter_context(_torch_threads(backend.host_torch_threads))
+        if seed is not None:
+            torch.manual_seed(seed)
         return whisper.transcribe(ModelAdapter(backend), audio, **options)

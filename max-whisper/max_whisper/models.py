@@ -127,6 +127,18 @@ def _build_lock(target: Path) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
+def _remove_stale_temps(target: Path) -> None:
+    """Delete the temp files of ``target`` (and its sidecar) that a killed build left behind.
+
+    Only call this while holding ``target``'s build lock: every temp file is written under that lock,
+    so any that exists then belongs to a process that died before renaming it.
+    """
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        logger.info("removing %s, left by an interrupted build", stale)
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
 def sidecar_path(checkpoint: Path) -> Path:
     """The sidecar holding the checkpoint's size and SHA256: ``<name>.pt.sha256``."""
     return checkpoint.with_name(checkpoint.name + ".sha256")
@@ -202,6 +214,8 @@ def _resolve_embedded(name: str) -> Path:
     target = model_cache_dir() / f"{name}.pt"
     model_dir, provenance = _embedded_source()
     with _build_lock(target):
+        if fcntl is not None:  # without the lock another process's temp file may be in use
+            _remove_stale_temps(target)
         problem = verify_checkpoint(target, provenance)
         if problem is None:
             return target

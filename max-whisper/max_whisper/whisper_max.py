@@ -158,6 +158,7 @@ class MaxBackend(Backend):
     """Encoder and decoder (with KV cache) as MAX graphs on MAX's CPU or an accelerator."""
 
     name = "max"
+    host_torch_threads = 1
 
     def __init__(
         self,
@@ -226,7 +227,13 @@ class MaxBackend(Backend):
 
     def describe(self) -> Dict[str, Any]:
         info = super().describe()
-        info.update(device=self.device_name, speculate=self.speculate, lookahead=LOOKAHEAD)
+        info.update(
+            device=self.device_name,
+            speculate=self.speculate,
+            lookahead=LOOKAHEAD,
+            min_draft_margin=MIN_DRAFT_MARGIN,
+            decoder_counters=dict(self.stats),  # since the backend was made, warm-up included
+        )
         return info
 
 
