@@ -119,37 +119,48 @@ class Measured:
     timed_out: bool = False
 
 
+#: Runs argv[2:] as its child and writes that child's peak RSS (KiB) to argv[1]. A process forked from
+#: the (large) pytest process starts with pytest's resident pages as its high-water mark, and ru_maxrss
+#: survives exec; forked from this small launcher instead, the measured program's peak is its own.
+_LAUNCHER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
+
+
 def run_measured(
     cmd: Sequence[str], tmp_dir: Path, timeout: float, env: Optional[Mapping[str, str]] = None
 ) -> Measured:
-    """Run ``cmd`` with stdout/stderr in files, reaped by ``os.wait4`` to get its own peak RSS.
-
-    (``RUSAGE_CHILDREN`` would report the largest child the test process ever waited for.)
-    """
+    """Run ``cmd`` with stdout/stderr in files and measure its own peak RSS (through a small launcher)."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = tmp_dir / "stdout.txt", tmp_dir / "stderr.txt"
+    out_path, err_path, rss_path = tmp_dir / "stdout.txt", tmp_dir / "stderr.txt", tmp_dir / "maxrss.txt"
     timed_out = threading.Event()
     start = time.monotonic()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=None if env is None else dict(env))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(rss_path), *cmd],
+            stdout=out, stderr=err, env=None if env is None else dict(env), start_new_session=True,
+        )
 
         def kill() -> None:
             timed_out.set()
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
 
         timer = threading.Timer(timeout, kill)
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         finally:
             timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    max_rss_kib = int(rss_path.read_text()) if rss_path.is_file() else 0
     return Measured(
         returncode=proc.returncode,
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
         seconds=time.monotonic() - start,
-        max_rss_bytes=usage.ru_maxrss * 1024,  # Linux: KiB
+        max_rss_bytes=max_rss_kib * 1024,  # Linux: KiB
         timed_out=timed_out.is_set(),
     )
 
