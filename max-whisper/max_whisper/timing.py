@@ -29,6 +29,3 @@ class StageTimer:
         for name in names or list(self.seconds):
             self.seconds.pop(name, None)
             self.calls.pop(name, None)
-
-    def as_dict(self) -> Dict[str, float]:
-        return dict(self.seconds)

@@ -254,8 +254,9 @@ class MaxInference(Inference):
     """
 
     def __init__(self, backend: MaxBackend, initial_token_length: int) -> None:
+        # initial_token_length (whisper's signature) is not needed: the first call, with an
+        # empty cache, is the prompt; every later call feeds the newest token only.
         self.backend = backend
-        self.initial_token_length = initial_token_length
         self.self_kv: Optional[List["Buffer"]] = None
         self.cross_kv: Optional[List["Buffer"]] = None
         self.n_past = 0  # positions held by the self-attention cache
