@@ -31,6 +31,10 @@ pytestmark = pytest.mark.max
 
 #: fp32 bound on ``max |max - torch| / max |torch|`` for every output compared here.
 REL_TOL = 1e-4
+#: bound for the draft decoder's bfloat16 copy of the cross-attention K/V: an 8-bit significand, so the
+#: cast moves a value by at most 2^-9 of itself when it rounds and 2^-8 when it truncates; 2^-7 leaves
+#: room while a wrong layout or head order (errors of order 1) still fails.
+BF16_TOL = 2.0**-7
 
 SEED_ENV = "MAX_WHISPER_TEST_SEED"
 JFK_TEXT = " And so my fellow Americans ask not what your country can do for you"
@@ -49,6 +53,10 @@ def as_numpy(x: Any) -> np.ndarray:
         from max.driver import CPU
 
         x = x.to(CPU())
+    from max.dtype import DType
+
+    if x.dtype == DType.bfloat16:  # numpy has no bfloat16: widen through torch
+        return torch.from_dlpack(x).float().numpy().astype(np.float64)
     return np.asarray(x.to_numpy(), dtype=np.float64)
 
 
@@ -145,21 +153,19 @@ def real_features(torch_model: Any, real_mel: Dict[str, Any]) -> torch.Tensor:
 
 
 def check_logits(parity: Parity, name: str, got: torch.Tensor, ref: torch.Tensor, tokens: torch.Tensor, sot: int) -> float:
-    """Compare ``Inference.logits`` outputs: every row whisper reads, and any other row the backend fills.
+    """Compare ``Inference.logits`` outputs on every row whisper reads.
 
     The shape must be whisper's, (batch, n_tokens, n_vocab), since whisper indexes rows by position. whisper
     reads the last row (the next token) and, on the first call, the start-of-transcript row (no-speech
-    probability); the ``max`` backend may leave the other rows of its first call as NaN (it does not
-    compute them), so those are compared only where it fills them.
+    probability); the ``max`` backend computes only those rows of its first call (the others are zeros).
     """
     assert got.shape == ref.shape, f"{name}: logits shape {tuple(got.shape)} != whisper's {tuple(ref.shape)}"
     n = got.shape[1]
     read = {n - 1}
     if n == tokens.shape[-1]:  # the first call returns a row per token
         read |= {int(i) for i in (tokens[0] == sot).nonzero().flatten()[:1]}
-    filled = {i for i in range(n) if torch.isfinite(got[:, i]).all()}
-    assert read <= filled, f"{name}: rows {sorted(read - filled)} that whisper reads are not finite"
-    rows = sorted(filled)
+    rows = sorted(read)
+    assert torch.isfinite(got[:, rows]).all(), f"{name}: rows {rows} that whisper reads are not finite"
     skipped = "" if len(rows) == n else f" (rows {rows} of {n})"
     return parity.check(name + skipped, got[:, rows], ref[:, rows])
 
@@ -198,13 +204,17 @@ def test_encoder_real_mel(
 
 
 def _check_cross_kv(parity: Parity, label: str, max_backend: Any, torch_model: Any, features: torch.Tensor) -> None:
-    buffers = max_backend.cross_kv(features)
+    buffers, draft = max_backend.cross_kv(features)
     blocks = torch_model.decoder.blocks
-    assert len(buffers) == 2 * len(blocks)
+    assert len(buffers) == len(draft) == 2 * len(blocks)
     with torch.no_grad():
         for i, block in enumerate(blocks):
-            parity.check(f"cross-attn K, block {i}, {label}", whisper_keys(buffers[2 * i]), block.cross_attn.key(features))
-            parity.check(f"cross-attn V, block {i}, {label}", whisper_values(buffers[2 * i + 1]), block.cross_attn.value(features))
+            key, value = block.cross_attn.key(features), block.cross_attn.value(features)
+            parity.check(f"cross-attn K, block {i}, {label}", whisper_keys(buffers[2 * i]), key)
+            parity.check(f"cross-attn V, block {i}, {label}", whisper_values(buffers[2 * i + 1]), value)
+            # the draft decoder's bfloat16 copy: keys in the values' head layout and values in the keys'
+            parity.check(f"cross-attn K (draft, bf16), block {i}, {label}", whisper_values(draft[2 * i]), key, BF16_TOL)
+            parity.check(f"cross-attn V (draft, bf16), block {i}, {label}", whisper_keys(draft[2 * i + 1]), value, BF16_TOL)
 
 
 def test_cross_kv_random_features(max_backend: Any, torch_model: Any, rng: np.random.Generator, random_parity: Parity) -> None:
@@ -380,7 +390,8 @@ class Probes:
         from max.engine import InferenceSession
         from max.graph import DeviceRef, Graph, TensorType, ops
 
-        from max_whisper.max_model import AudioEncoder, TextDecoder, WeightSource, keys_transposed, merge_heads, split_heads
+        from max_whisper.max_model import N_TOTAL, AudioEncoder, KVCache, Span, TextDecoder, WeightSource, merge_heads
+        from max_whisper.whisper_max import cache_types
 
         self.Buffer = Buffer
         self.dims = d = torch_model.dims
@@ -409,38 +420,38 @@ class Probes:
         self.compile_seconds["encoder probe"] = time.perf_counter() - start
 
         decoder = TextDecoder(weights, d)
-        state = d.n_text_state
         start = time.perf_counter()
+        scalar = TensorType(DType.int64, [], device)
         inputs = [
             TensorType(DType.int64, ["batch", "n_new"], device),
-            TensorType(DType.int64, ["n_new"], device),
-            TensorType(DType.float32, ["n_new", "n_total"], device),
+            scalar,
+            scalar,
+            TensorType(DType.float32, ["n_new", N_TOTAL], device),
             TensorType(DType.float32, ["batch", d.n_audio_ctx, d.n_audio_state], device),
         ]
-        inputs += [TensorType(DType.float32, ["batch", "n_past", state], device)] * (2 * self.n_layer)
-        n_head = d.n_text_head
+        inputs += cache_types(d, device)
 
         def key_out(k: Any) -> Any:  # max_model's key layout -> whisper's (batch, ctx, state)
             return merge_heads(ops.permute(k, [0, 1, 3, 2]))
 
         with Graph("test_whisper_decoder_probe", input_types=inputs) as graph:
-            values = [v.tensor for v in graph.inputs]
-            tokens, positions, mask, features = values[:4]
-            # the cache enters in whisper's layout; the blocks take max_model's head layouts
-            past = [keys_transposed(v, n_head) if i % 2 == 0 else split_heads(v, n_head) for i, v in enumerate(values[4:])]
+            tokens, start_pos, end_pos, mask, features = (v.tensor for v in graph.inputs[:5])
+            buffers = [v.buffer for v in graph.inputs[5:]]
+            span = Span(start_pos, end_pos)
             cross = decoder.cross_kv(features)
             embedding = weights.get("decoder.token_embedding.weight")
-            x = ops.gather(embedding, tokens, axis=0)
-            x = x + ops.gather(weights.get("decoder.positional_embedding"), positions, axis=0)
+            positional = ops.slice_tensor(
+                weights.get("decoder.positional_embedding"), [(slice(start_pos, end_pos), tokens.shape[1]), slice(None)]
+            )
+            x = ops.gather(embedding, tokens, axis=0) + positional
             block_out: List[Any] = []
-            self_kv: List[Any] = []
             for i, block in enumerate(decoder.blocks):
-                x, k, v = block.step(x, past[2 * i], past[2 * i + 1], cross[2 * i], cross[2 * i + 1], mask)
+                cache = KVCache(buffers[2 * i], buffers[2 * i + 1])
+                x = block.step(x, cache, cross[2 * i], cross[2 * i + 1], span, mask)
                 block_out.append(x)
-                self_kv += [key_out(k), merge_heads(v)]
-            logits = decoder.ln(x) @ ops.transpose(embedding, 0, 1)
+            logits = decoder.logits(decoder.ln(x))
             cross = [key_out(c) if i % 2 == 0 else merge_heads(c) for i, c in enumerate(cross)]
-            graph.output(*cross, *block_out, *self_kv, logits)
+            graph.output(*cross, *block_out, logits)
         self.decoder = session.load(graph, weights_registry=weights.registry())
         self.compile_seconds["decoder probe"] = time.perf_counter() - start
 
@@ -449,18 +460,27 @@ class Probes:
         names = ["conv1+gelu", "conv2+gelu"] + [f"block {i}" for i in range(self.dims.n_audio_layer)] + ["ln_post"]
         return dict(zip(names, out))
 
-    def run_decoder(self, tokens: torch.Tensor, features: torch.Tensor, past: Sequence[np.ndarray]) -> Dict[str, Any]:
-        n_past = past[0].shape[1]
-        n_new = tokens.shape[-1]
-        positions = np.arange(n_past, n_past + n_new, dtype=np.int64)
-        mask = np.triu(np.full((n_new, n_past + n_new), -np.inf, dtype=np.float32), k=n_past + 1)
-        arrays = [tokens.numpy().astype(np.int64), positions, mask, np.ascontiguousarray(features.numpy())] + list(past)
-        out = [o.to_numpy() for o in self.decoder.execute(*(self.Buffer.from_numpy(a) for a in arrays))]
-        n = 2 * self.n_layer
-        return {"cross_kv": out[:n], "blocks": out[n : n + self.n_layer], "self_kv": out[n + self.n_layer : 2 * n + self.n_layer], "logits": out[-1]}
+    def new_cache(self, batch: int) -> Dict[str, Any]:
+        """An empty self-attention cache: the backend's buffers (room for n_text_ctx positions), none used."""
+        d = self.dims
+        head, head_state, ctx = d.n_text_head, d.n_text_state // d.n_text_head, d.n_text_ctx
+        shapes = [(batch, head, ctx, head_state), (batch, head, head_state, ctx)] * self.n_layer
+        return {"buffers": [self.Buffer.from_numpy(np.zeros(s, np.float32)) for s in shapes], "n_past": 0}
 
-    def empty_past(self, batch: int) -> List[np.ndarray]:
-        return [np.zeros((batch, 0, self.dims.n_text_state), np.float32) for _ in range(2 * self.n_layer)]
+    def run_decoder(self, tokens: torch.Tensor, features: torch.Tensor, cache: Dict[str, Any]) -> Dict[str, Any]:
+        """New tokens after the cache (which this pass grows); every block's output, the cache in
+        whisper's layout (batch, ctx, state), the cross K/V and the logits."""
+        n_past, n_new = cache["n_past"], tokens.shape[-1]
+        end = n_past + n_new
+        mask = np.triu(np.full((n_new, end), -np.inf, dtype=np.float32), k=n_past + 1)
+        arrays = [tokens.numpy().astype(np.int64), np.array(n_past), np.array(end), mask, np.ascontiguousarray(features.numpy())]
+        out = [o.to_numpy() for o in self.decoder.execute(*(self.Buffer.from_numpy(a) for a in arrays), *cache["buffers"])]
+        cache["n_past"] = end
+        held = [b.to_numpy() for b in cache["buffers"]]
+        # the cache's layouts (max_model.KVCache): keys (batch, head, ctx, head_state), values transposed
+        self_kv = [whisper_values(h[:, :, :end]) if i % 2 == 0 else whisper_keys(h[..., :end]) for i, h in enumerate(held)]
+        n = 2 * self.n_layer
+        return {"cross_kv": out[:n], "blocks": out[n : n + self.n_layer], "self_kv": self_kv, "logits": out[-1]}
 
 
 @pytest.fixture(scope="session")
@@ -527,7 +547,7 @@ def _check_decoder_blocks(
     decoder = torch_model.decoder
     cache, cache_hooks = torch_model.install_kv_cache_hooks()
     recorder = Recorder({f"block {i}": block for i, block in enumerate(decoder.blocks)})
-    past = probes.empty_past(prompt.shape[0])
+    past = probes.new_cache(prompt.shape[0])
     try:
         for step, tokens in enumerate((prompt, next_token)):
             when = f"{label}, " + ("prompt of %d, no cache" % prompt.shape[-1] if step == 0 else "1 token, warm cache")
@@ -543,7 +563,6 @@ def _check_decoder_blocks(
                 parity.check(f"decoder block {i} self V (cache), {when}", got["self_kv"][2 * i + 1], cache[block.attn.value])
                 parity.check(f"decoder block {i} output, {when}", got["blocks"][i], recorder.outputs[f"block {i}"])
             parity.check(f"decoder logits (probe), {when}", got["logits"], ref_logits)
-            past = got["self_kv"]
     finally:
         recorder.remove()
         for hook in cache_hooks:

@@ -1,4 +1,5 @@
-"""The max backend's speculative greedy decoding: guesses decide what is computed ahead, never what is chosen."""
+"""The max backend's speculative greedy decoding: the draft decoder's guesses decide what is computed
+ahead, never what is chosen."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ import pytest
 from max_whisper.audio import load_audio
 from max_whisper.config import SHARED_AUDIO_DIR
 from max_whisper.decoding import transcribe
-from max_whisper.max_weights import dequantize_q4_0, draft_embedding, quantize_q4_0
+from max_whisper.max_weights import (
+    DRAFT_EMBEDDING,
+    dequantize_q4_0,
+    draft_embedding,
+    draft_name,
+    is_draft_matrix,
+    quantize_q4_0,
+    state_dict_arrays,
+)
 
 CLIPS = [SHARED_AUDIO_DIR / "jfk.flac", SHARED_AUDIO_DIR / "librispeech_1089-134686-0000.flac"]
 
@@ -36,6 +45,53 @@ def test_draft_embedding_pads_rows_with_the_last_token() -> None:
     assert np.array_equal(packed[70:], np.repeat(packed[69:70], 26, axis=0))
 
 
+def test_draft_copies_cover_every_matrix_the_draft_step_reads(checkpoint: dict) -> None:
+    """4-bit copies of the decoder blocks' per-token matrices, nothing else (the cross-attention
+    keys/values are computed once per window in float32; layer norms and biases stay float32)."""
+    state_dict = checkpoint["model_state_dict"]
+    arrays = state_dict_arrays(state_dict)
+    drafted = sorted(name for name in state_dict if is_draft_matrix(name))
+    n_layer = checkpoint["dims"]["n_text_layer"]
+    per_block = ["attn.query", "attn.key", "attn.value", "attn.out", "cross_attn.query", "cross_attn.out", "mlp.0", "mlp.2"]
+    assert drafted == sorted(f"decoder.blocks.{i}.{m}.weight" for i in range(n_layer) for m in per_block)
+    for name in drafted:
+        rows, cols = state_dict[name].shape
+        assert arrays[draft_name(name)].shape == (rows, cols // 32 * 18) and arrays[draft_name(name)].dtype == np.uint8
+    assert DRAFT_EMBEDDING in arrays
+    assert not any(name.startswith("encoder.") and name.endswith(".q4_0") for name in arrays)
+
+
+@pytest.mark.max
+def test_attend_one_matches_attention(max_backend: Any) -> None:
+    """The draft's single-query attention (multiply-and-sum reductions) against softmax(q k^T / 8) v in numpy."""
+    from max.driver import Buffer
+    from max.dtype import DType
+    from max.graph import DeviceRef, Graph, TensorType
+
+    from max_whisper.max_model import attend_one
+
+    rng = np.random.default_rng()
+    batch, n_head, head_state, n_keys = 2, 6, 64, int(rng.integers(1, 400))
+    types = [
+        TensorType(DType.float32, [batch, 1, n_head * head_state], DeviceRef.CPU()),
+        TensorType(DType.float32, [batch, n_head, "n_keys", head_state], DeviceRef.CPU()),
+        TensorType(DType.float32, [batch, n_head, head_state, "n_keys"], DeviceRef.CPU()),
+    ]
+    with Graph("test_attend_one", input_types=types) as graph:
+        graph.output(attend_one(*(v.tensor for v in graph.inputs), n_head))
+    model = max_backend.session.load(graph)
+    q = rng.standard_normal((batch, 1, n_head * head_state)).astype(np.float32)
+    k = rng.standard_normal((batch, n_head, n_keys, head_state)).astype(np.float32)
+    v = rng.standard_normal((batch, n_head, n_keys, head_state)).astype(np.float32)
+    got = model.execute(Buffer.from_numpy(q), Buffer.from_numpy(k), Buffer.from_numpy(np.ascontiguousarray(v.transpose(0, 1, 3, 2))))[0].to_numpy()
+    q_heads = q.reshape(batch, 1, n_head, head_state).transpose(0, 2, 1, 3).astype(np.float64)
+    scores = q_heads @ k.transpose(0, 1, 3, 2) / np.sqrt(head_state)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ref = (p @ v).transpose(0, 2, 1, 3).reshape(batch, 1, n_head * head_state)
+    assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 1e-5
+
+
 def _tokens(result: dict) -> List[List[int]]:
     return [list(s["tokens"]) for s in result["segments"]]
 
@@ -55,5 +111,8 @@ def test_speculative_and_step_by_step_decoding_choose_the_same_tokens(clip: Any,
     finally:
         max_backend.speculate = True
     assert _tokens(fast) == _tokens(slow)
-    # the bursts did their job: several logits rows served per vocabulary pass
+    # the bursts did their job: several logits rows served per float32 pass
     assert stats["bursts"] > 0 and stats["rows_served"] >= 2 * stats["bursts"], stats
+    # and the 4-bit draft is a good guesser: most guesses it drafted were served
+    guesses = stats["burst_rows"] - stats["bursts"]
+    assert stats["rows_served"] - stats["bursts"] >= 0.7 * guesses, stats

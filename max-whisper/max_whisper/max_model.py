@@ -10,23 +10,25 @@ that graph, reading weights by their openai-whisper ``state_dict`` name from a
 bound at load time through a weights registry, never as baked-in constants, so
 MAX's compile cache serves every later run.
 
-Four graphs are built from these pieces (see :mod:`max_whisper.whisper_max`):
-the encoder, the cross-attention K/V projection, the decoder step with its
-self-attention KV cache, and the cache reorder used by beam search.
+The graphs of :mod:`max_whisper.whisper_max` are built from these pieces: the
+encoder, the cross-attention K/V projection, the decoder pass (float32, with its
+self-attention KV cache written in place and the logits), the draft decoder step
+(the same blocks with 4-bit matrices: a cheap guess of the next token), and the
+cache reorder used by beam search.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from max.dtype import DType
-from max.graph import DeviceRef, Graph, TensorValue, Weight, ops
+from max.graph import BufferValue, DeviceRef, Graph, TensorValue, Weight, ops
 from max.graph.quantization import QuantizationEncoding
 from whisper.model import ModelDimensions
 
-from .max_weights import DRAFT_EMBEDDING
+from .max_weights import DRAFT_EMBEDDING, draft_name
 
 #: openai-whisper's LayerNorm epsilon (torch's default).
 LN_EPS = 1e-5
@@ -62,14 +64,20 @@ class WeightSource:
 
 
 class Linear:
-    """``y = x W^T + b`` (openai-whisper ``Linear``)."""
+    """``y = x W^T + b`` (openai-whisper ``Linear``).
 
-    def __init__(self, weights: WeightSource, name: str, bias: bool = True) -> None:
-        self.weights, self.name, self.bias = weights, name, bias
+    ``quantized``: multiply by the 4-bit draft copy of ``W`` (:func:`draft_name`) instead: the
+    draft decoder's linear layers (the bias stays float32).
+    """
+
+    def __init__(self, weights: WeightSource, name: str, bias: bool = True, quantized: bool = False) -> None:
+        self.weights, self.name, self.bias, self.quantized = weights, name, bias, quantized
 
     def __call__(self, x: TensorValue) -> TensorValue:
-        w = self.weights.get(f"{self.name}.weight")
-        y = x @ ops.transpose(w, 0, 1)
+        if self.quantized:
+            y = ops.qmatmul(QuantizationEncoding.Q4_0, None, x, self.weights.get(draft_name(f"{self.name}.weight")))
+        else:
+            y = x @ ops.transpose(self.weights.get(f"{self.name}.weight"), 0, 1)
         if self.bias:
             y = y + self.weights.get(f"{self.name}.bias")
         return y
@@ -88,9 +96,9 @@ class LayerNorm:
 class MLP:
     """``mlp.0`` (Linear) -> GELU (exact, erf) -> ``mlp.2`` (Linear)."""
 
-    def __init__(self, weights: WeightSource, name: str) -> None:
-        self.fc1 = Linear(weights, f"{name}.0")
-        self.fc2 = Linear(weights, f"{name}.2")
+    def __init__(self, weights: WeightSource, name: str, quantized: bool = False) -> None:
+        self.fc1 = Linear(weights, f"{name}.0", quantized=quantized)
+        self.fc2 = Linear(weights, f"{name}.2", quantized=quantized)
 
     def __call__(self, x: TensorValue) -> TensorValue:
         return self.fc2(ops.gelu(self.fc1(x)))
@@ -129,49 +137,116 @@ def attend(q: TensorValue, k_t: TensorValue, v: TensorValue, n_head: int, mask: 
     return merge_heads(ops.softmax(scores, axis=-1) @ v)
 
 
-class MultiHeadAttention:
-    """whisper's ``MultiHeadAttention``: ``query``, ``key`` (no bias), ``value``, ``out``."""
+def attend_one(q: TensorValue, k: TensorValue, v_t: TensorValue, n_head: int) -> TensorValue:
+    """:func:`attend` for one query row, as multiply-and-sum reductions over the last axis.
 
-    def __init__(self, weights: WeightSource, name: str, n_head: int) -> None:
+    q (batch, 1, state); k (batch, head, n_keys, head_state) from :func:`split_heads`;
+    v_t (batch, head, head_state, n_keys) from :func:`keys_transposed`.  With a single query
+    row MAX's batched matmul reads the keys at a fraction of the memory bandwidth on the CPU;
+    two fused elementwise-product reductions stream them (4x faster for tiny's cross-attention).
+    """
+    batch, _, state = q.shape
+    head_state = int(state) // n_head
+    n_keys = k.shape[2]
+    scores = ops.sum(ops.cast(k, DType.float32) * split_heads(q, n_head), axis=-1)  # (batch, head, n_keys, 1)
+    scores = ops.reshape(scores, [batch, n_head, 1, n_keys]) * (1.0 / math.sqrt(head_state))
+    out = ops.sum(ops.cast(v_t, DType.float32) * ops.softmax(scores, axis=-1), axis=-1)  # (batch, head, head_state, 1)
+    return merge_heads(ops.reshape(out, [batch, n_head, 1, head_state]))
+
+
+class KVCache(NamedTuple):
+    """One block's self-attention cache: two mutable buffers with room for ``n_text_ctx`` positions.
+
+    keys (batch, head, n_text_ctx, head_state), values (batch, head, head_state, n_text_ctx): the
+    layouts :func:`attend_one` takes (the draft decoder's single query row), which the float32
+    decoder's :func:`attend` reads transposed.  A decoder pass writes the keys and values of its
+    new tokens in place at positions ``[start, end)`` and attends over ``[0, end)``; positions from
+    ``end`` on are never read, so cutting the cache back is only a matter of where the next pass
+    starts.
+    """
+
+    keys: BufferValue
+    values: BufferValue
+
+
+class Span(NamedTuple):
+    """Where a decoder pass's new tokens go: positions ``[start, end)``, as int64 scalars."""
+
+    start: TensorValue
+    end: TensorValue
+
+
+#: Symbolic length of the keys a pass attends over (``end``); the mask's second dimension.
+N_TOTAL = "n_total"
+
+
+class MultiHeadAttention:
+    """whisper's ``MultiHeadAttention``: ``query``, ``key`` (no bias), ``value``, ``out``.
+
+    ``quantized``: the draft decoder's attention (4-bit ``query`` and ``out``; 4-bit ``key`` and
+    ``value`` too, except in cross-attention, whose keys and values are computed once per window
+    in float32).  The draft feeds one token at a time, so it attends with :func:`attend_one`.
+    """
+
+    def __init__(
+        self, weights: WeightSource, name: str, n_head: int, quantized: bool = False, cross: bool = False
+    ) -> None:
         self.n_head = n_head
-        self.query = Linear(weights, f"{name}.query")
-        self.key = Linear(weights, f"{name}.key", bias=False)
-        self.value = Linear(weights, f"{name}.value")
-        self.out = Linear(weights, f"{name}.out")
+        self.one_query = quantized
+        self.query = Linear(weights, f"{name}.query", quantized=quantized)
+        self.key = Linear(weights, f"{name}.key", bias=False, quantized=quantized and not cross)
+        self.value = Linear(weights, f"{name}.value", quantized=quantized and not cross)
+        self.out = Linear(weights, f"{name}.out", quantized=quantized)
 
     def __call__(self, x: TensorValue, mask: Optional[TensorValue] = None) -> TensorValue:
         """Self-attention without a cache (the encoder's)."""
         k_t, v = self.key_value(x)
         return self.out(attend(self.query(x), k_t, v, self.n_head, mask))
 
-    def key_value(self, x: TensorValue) -> Tuple[TensorValue, TensorValue]:
-        """Keys and values of ``x`` in the head layouts :func:`attend` takes."""
+    def key_value(self, x: TensorValue, one_query: Optional[bool] = None) -> Tuple[TensorValue, TensorValue]:
+        """Keys and values of ``x`` in the head layouts :func:`attend` takes, or with ``one_query``
+        (by default: in the draft decoder) those :func:`attend_one` takes."""
+        if self.one_query if one_query is None else one_query:
+            return split_heads(self.key(x), self.n_head), keys_transposed(self.value(x), self.n_head)
         return keys_transposed(self.key(x), self.n_head), split_heads(self.value(x), self.n_head)
 
-    def cached(
-        self, x: TensorValue, k_past: TensorValue, v_past: TensorValue, mask: TensorValue
-    ) -> Tuple[TensorValue, TensorValue, TensorValue]:
-        """Self-attention of new tokens over cached + new keys; returns (out, k_all, v_all).
+    def cached(self, x: TensorValue, cache: KVCache, span: Span, mask: Optional[TensorValue] = None) -> TensorValue:
+        """Self-attention of the new tokens ``x`` over the cache: their keys and values are written
+        into ``cache`` at ``span`` first, then the queries attend over positions ``[0, span.end)``.
 
-        k_past (batch, head, head_state, n_past), v_past (batch, head, n_past, head_state).
+        ``mask`` (n_new, n_total) is additive (causal among the new tokens); None for one new token.
         """
-        k_new, v_new = self.key_value(x)
-        k = ops.concat([k_past, k_new], axis=3)
-        v = ops.concat([v_past, v_new], axis=2)
-        return self.out(attend(self.query(x), k, v, self.n_head, mask)), k, v
+        k_new, v_new = self.key_value(x, one_query=True)  # the cache's layouts (see KVCache)
+        n_new = x.shape[1]
+        new = (slice(span.start, span.end), n_new)
+        ops.buffer_store_slice(cache.keys, k_new, [slice(None), slice(None), new, slice(None)])
+        ops.buffer_store_slice(cache.values, v_new, [slice(None), slice(None), slice(None), new])
+        held = (slice(0, span.end), N_TOTAL)
+        k = ops.slice_tensor(ops.buffer_load(cache.keys), [slice(None), slice(None), held, slice(None)])
+        v_t = ops.slice_tensor(ops.buffer_load(cache.values), [slice(None), slice(None), slice(None), held])
+        if self.one_query:
+            return self.out(attend_one(self.query(x), k, v_t, self.n_head))
+        k_t, v = ops.transpose(k, 2, 3), ops.transpose(v_t, 2, 3)
+        return self.out(attend(self.query(x), k_t, v, self.n_head, mask))
 
     def cross(self, x: TensorValue, k_audio: TensorValue, v_audio: TensorValue) -> TensorValue:
         """Cross-attention over the audio keys/values (from :meth:`key_value`, once per window)."""
+        if self.one_query:
+            return self.out(attend_one(self.query(x), k_audio, v_audio, self.n_head))
         return self.out(attend(self.query(x), k_audio, v_audio, self.n_head))
 
 
 class ResidualAttentionBlock:
-    def __init__(self, weights: WeightSource, name: str, n_head: int, cross_attention: bool) -> None:
-        self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head)
+    def __init__(
+        self, weights: WeightSource, name: str, n_head: int, cross_attention: bool, quantized: bool = False
+    ) -> None:
+        self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized)
         self.attn_ln = LayerNorm(weights, f"{name}.attn_ln")
-        self.cross_attn = MultiHeadAttention(weights, f"{name}.cross_attn", n_head) if cross_attention else None
+        self.cross_attn = (
+            MultiHeadAttention(weights, f"{name}.cross_attn", n_head, quantized, cross=True) if cross_attention else None
+        )
         self.cross_attn_ln = LayerNorm(weights, f"{name}.cross_attn_ln") if cross_attention else None
-        self.mlp = MLP(weights, f"{name}.mlp")
+        self.mlp = MLP(weights, f"{name}.mlp", quantized)
         self.mlp_ln = LayerNorm(weights, f"{name}.mlp_ln")
 
     def __call__(self, x: TensorValue) -> TensorValue:
@@ -182,17 +257,16 @@ class ResidualAttentionBlock:
     def step(
         self,
         x: TensorValue,
-        k_past: TensorValue,
-        v_past: TensorValue,
+        cache: KVCache,
         k_audio: TensorValue,
         v_audio: TensorValue,
-        mask: TensorValue,
-    ) -> Tuple[TensorValue, TensorValue, TensorValue]:
-        """The decoder's block for new tokens; returns (x, k_all, v_all) of the self-attention cache."""
-        attended, k_all, v_all = self.attn.cached(self.attn_ln(x), k_past, v_past, mask)
-        x = x + attended
+        span: Span,
+        mask: Optional[TensorValue] = None,
+    ) -> TensorValue:
+        """The decoder's block for new tokens at ``span``; their self-attention K/V go into ``cache``."""
+        x = x + self.attn.cached(self.attn_ln(x), cache, span, mask)
         x = x + self.cross_attn.cross(self.cross_attn_ln(x), k_audio, v_audio)
-        return x + self.mlp(self.mlp_ln(x)), k_all, v_all
+        return x + self.mlp(self.mlp_ln(x))
 
 
 class Conv1d:
@@ -251,19 +325,24 @@ class AudioEncoder:
 
 
 class TextDecoder:
-    """whisper's ``TextDecoder`` for one step of new tokens against a KV cache."""
+    """whisper's ``TextDecoder`` for one pass of new tokens against a KV cache.
 
-    def __init__(self, weights: WeightSource, dims: ModelDimensions) -> None:
+    ``quantized=True`` builds the *draft* decoder: the same blocks with 4-bit copies of their
+    matrices (the embeddings, layer norms, biases and cross-attention K/V stay float32).
+    """
+
+    def __init__(self, weights: WeightSource, dims: ModelDimensions, quantized: bool = False) -> None:
         self.weights = weights
         self.blocks = [
-            ResidualAttentionBlock(weights, f"decoder.blocks.{i}", dims.n_text_head, cross_attention=True)
+            ResidualAttentionBlock(weights, f"decoder.blocks.{i}", dims.n_text_head, cross_attention=True, quantized=quantized)
             for i in range(dims.n_text_layer)
         ]
         self.ln = LayerNorm(weights, "decoder.ln")
 
     def cross_kv(self, audio_features: TensorValue) -> List[TensorValue]:
         """Cross-attention keys and values of every block, [k_0, v_0, k_1, v_1, ...], in head layout:
-        k (batch, head, head_state, n_audio_ctx), v (batch, head, n_audio_ctx, head_state)."""
+        k (batch, head, head_state, n_audio_ctx), v (batch, head, n_audio_ctx, head_state); for the
+        draft decoder k (batch, head, n_audio_ctx, head_state), v (batch, head, head_state, n_audio_ctx)."""
         out: List[TensorValue] = []
         for block in self.blocks:
             out += list(block.cross_attn.key_value(audio_features))
@@ -272,30 +351,32 @@ class TextDecoder:
     def __call__(
         self,
         tokens: TensorValue,
-        positions: TensorValue,
-        mask: TensorValue,
-        rows: TensorValue,
-        self_kv: Sequence[TensorValue],
+        span: Span,
+        caches: Sequence[KVCache],
         cross_kv: Sequence[TensorValue],
-    ) -> Tuple[TensorValue, List[TensorValue]]:
-        """Final-norm hidden states of the rows ``rows`` of the new tokens, and the grown cache.
+        mask: Optional[TensorValue] = None,
+        rows: Optional[TensorValue] = None,
+    ) -> TensorValue:
+        """Final-norm hidden states of the new tokens (or of the rows ``rows`` of them).
 
-        tokens (batch, n_new) int64; positions (n_new,) int64; mask (n_new, n_past + n_new);
-        rows (n_rows,) int64 indices into the new tokens; self_kv / cross_kv as
-        [k_0, v_0, k_1, v_1, ...] in the head layouts of :meth:`MultiHeadAttention.key_value`.
-        Returns hidden (batch, n_rows, n_text_state) and the self-attention cache grown by
-        the new tokens.
-        The logits are :meth:`logits` of the hidden states (whisper's ``TextDecoder.forward``
-        does both at once; they are split so several steps can share one vocabulary pass).
+        tokens (batch, n_new) int64, placed at positions ``span`` (end - start == n_new);
+        caches: one :class:`KVCache` per block, written in place; cross_kv as
+        [k_0, v_0, k_1, v_1, ...] from :meth:`cross_kv`; mask (n_new, n_total) additive, None
+        for a single new token; rows (n_rows,) int64 indices into the new tokens.
+        Returns hidden (batch, n_rows, n_text_state).  The logits are :meth:`logits` of the
+        hidden states (whisper's ``TextDecoder.forward`` does both at once).
         """
         embedding = self.weights.get("decoder.token_embedding.weight")  # (n_vocab, state)
-        x = ops.gather(embedding, tokens, axis=0)
-        x = x + ops.gather(self.weights.get("decoder.positional_embedding"), positions, axis=0)
-        new_kv: List[TensorValue] = []
+        n_new = tokens.shape[1]
+        positional = ops.slice_tensor(
+            self.weights.get("decoder.positional_embedding"), [(slice(span.start, span.end), n_new), slice(None)]
+        )
+        x = ops.gather(embedding, tokens, axis=0) + positional
         for i, block in enumerate(self.blocks):
-            x, k, v = block.step(x, self_kv[2 * i], self_kv[2 * i + 1], cross_kv[2 * i], cross_kv[2 * i + 1], mask)
-            new_kv += [k, v]
-        return self.ln(ops.gather(x, rows, axis=1)), new_kv
+            x = block.step(x, caches[i], cross_kv[2 * i], cross_kv[2 * i + 1], span, mask)
+        if rows is not None:
+            x = ops.gather(x, rows, axis=1)
+        return self.ln(x)
 
     def logits(self, hidden: TensorValue) -> TensorValue:
         """(batch, n_rows, state) -> (batch, n_rows, n_vocab): against the token embedding."""

@@ -1,6 +1,6 @@
 """``--backend max``: the whole Whisper model as Modular MAX graphs.
 
-Four graphs, each built and compiled once per backend instance and reused for
+Five graphs, each built and compiled once per backend instance and reused for
 every window and file (weights are bound through a weights registry, so MAX's
 on-disk cache serves later processes too):
 
@@ -10,10 +10,15 @@ on-disk cache serves later processes too):
     audio features -> each decoder block's cross-attention keys and values,
     computed once per window and kept on the MAX device.
 ``decoder``
-    new tokens + self-attention KV cache + cross K/V -> logits of the rows
-    whisper reads, and the grown cache (kept on the device between steps).
+    new tokens + cross K/V -> logits of the rows whisper reads; the keys and
+    values of the new tokens are written in place into the self-attention
+    cache, mutable buffers that stay on the device for the whole window.
+``draft``
+    one token -> a guess of the next one and its margin, from the same blocks
+    with 4-bit matrices (it writes its keys and values into the same cache; the
+    ``decoder`` pass overwrites them with exact ones).
 ``reorder``
-    gathers the self-attention cache along the batch axis (beam search).
+    gathers the self-attention cache along the batch axis in place (beam search).
 
 The token logic (greedy / beam search, timestamp rules, fallbacks) is
 openai-whisper's own, run by :mod:`max_whisper.decoding`; no PyTorch module
@@ -40,11 +45,9 @@ try:  # the MAX engine is an optional dependency: the other backends work withou
     from max.driver import CPU, Accelerator, Buffer, accelerator_count
     from max.dtype import DType
     from max.engine import InferenceSession
-    from max.graph import DeviceRef, Graph, TensorType
+    from max.graph import BufferType, DeviceRef, Graph, TensorType, ops
 
-    from max.graph import ops
-
-    from .max_model import AudioEncoder, TextDecoder, WeightSource
+    from .max_model import N_TOTAL, AudioEncoder, KVCache, Span, TextDecoder, WeightSource
     from .max_weights import state_dict_arrays
 except ImportError as exc:  # pragma: no cover - exercised only where max is missing
     _MAX_IMPORT_ERROR: Optional[ImportError] = exc
@@ -54,9 +57,10 @@ else:
 DEVICES = ("auto", "cpu", "gpu")
 
 
-#: How many tokens a speculative run of the greedy decoder feeds (the real one + guesses).
-LOOKAHEAD = 12
-#: A burst stops before a guess whose 4-bit margin over the runner-up is below this (logits).
+#: The most tokens one speculative burst feeds the decoder pass (the real one + draft guesses).
+LOOKAHEAD = 10
+#: A burst ends at a guess whose draft margin over the runner-up is below this (logits): that guess
+#: is still verified (it costs the pass almost nothing), but no more guesses are drafted after it.
 MIN_DRAFT_MARGIN = 1.0
 
 
@@ -72,12 +76,27 @@ def select_device(device: str) -> "tuple[Any, Any]":
     return CPU(), DeviceRef.CPU()
 
 
-def kv_types(dims: ModelDimensions, ctx: "int | str", device: "DeviceRef") -> list:
-    """Graph input types of a cache [k_0, v_0, k_1, v_1, ...] holding ``ctx`` positions."""
-    head, head_state = dims.n_text_head, dims.n_text_state // dims.n_text_head
-    k = TensorType(DType.float32, ["batch", head, head_state, ctx], device)
-    v = TensorType(DType.float32, ["batch", head, ctx, head_state], device)
+def cache_types(dims: ModelDimensions, device: "DeviceRef") -> list:
+    """Graph input types of the self-attention cache [k_0, v_0, k_1, v_1, ...]: mutable buffers with
+    room for n_text_ctx positions, in head layout (see :class:`max_model.KVCache`)."""
+    head, head_state, ctx = dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_text_ctx
+    k = BufferType(DType.float32, ["batch", head, ctx, head_state], device)
+    v = BufferType(DType.float32, ["batch", head, head_state, ctx], device)
     return [k, v] * dims.n_text_layer
+
+
+def cross_kv_types(dims: ModelDimensions, device: "DeviceRef", draft: bool = False) -> list:
+    """Graph input types of the cross-attention K/V [k_0, v_0, ...] (see ``TextDecoder.cross_kv``):
+    the float32 decoder's layouts, or with ``draft`` the draft decoder's (keys and values swapped)."""
+    head, head_state, ctx = dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_audio_ctx
+    dtype = DType.bfloat16 if draft else DType.float32
+    k = TensorType(dtype, ["batch", head, head_state, ctx], device)
+    v = TensorType(dtype, ["batch", head, ctx, head_state], device)
+    return [v, k] * dims.n_text_layer if draft else [k, v] * dims.n_text_layer
+
+
+#: Slice bounds (the span of new positions) are int64 scalars on the host, whatever the device.
+SCALAR = TensorType(DType.int64, [], DeviceRef.CPU()) if _MAX_IMPORT_ERROR is None else None
 
 
 class MaxWhisperGraphs:
@@ -93,14 +112,15 @@ class MaxWhisperGraphs:
         self.device = weights.device
         self.encoder = AudioEncoder(weights, dims)
         self.decoder = TextDecoder(weights, dims)
+        self.draft_decoder = TextDecoder(weights, dims, quantized=True)
         self.n_kv = 2 * dims.n_text_layer
 
     def _load(self, graph: "Graph"):
         return self.session.load(graph, weights_registry=self.weights.registry())
 
-    def _kv_types(self, ctx: "int | str") -> list:
-        """[k, v] * n_text_layer in head layout: k (batch, head, head_state, ctx), v (batch, head, ctx, head_state)."""
-        return kv_types(self.dims, ctx, self.device)
+    def _caches(self, values: Sequence[Any]) -> "List[KVCache]":
+        buffers = [v.buffer for v in values]
+        return [KVCache(buffers[i], buffers[i + 1]) for i in range(0, len(buffers), 2)]
 
     def compile_encoder(self):
         d = self.dims
@@ -113,44 +133,54 @@ class MaxWhisperGraphs:
         d = self.dims
         features = TensorType(DType.float32, ["batch", d.n_audio_ctx, d.n_audio_state], self.device)
         with Graph("whisper_cross_kv", input_types=[features]) as graph:
-            graph.output(*self.decoder.cross_kv(graph.inputs[0].tensor))
+            audio_features = graph.inputs[0].tensor
+            draft = [ops.cast(kv, DType.bfloat16) for kv in self.draft_decoder.cross_kv(audio_features)]
+            graph.output(*self.decoder.cross_kv(audio_features), *draft)
         return self._load(graph)
 
     def compile_decoder(self):
-        """New tokens + caches -> (hidden rows, draft guesses, their margins, grown self-attention cache)."""
+        """(tokens, start, end, mask, rows, cache..., cross K/V...) -> logits (batch, n_rows, n_vocab).
+
+        The new tokens' keys and values are written into the cache buffers at [start, end)."""
         inputs = [
             TensorType(DType.int64, ["batch", "n_new"], self.device),  # tokens
-            TensorType(DType.int64, ["n_new"], self.device),  # positions
-            TensorType(DType.float32, ["n_new", "n_total"], self.device),  # additive causal mask
-            TensorType(DType.int64, ["n_rows"], self.device),  # rows whose hidden state is returned
+            SCALAR,  # start
+            SCALAR,  # end
+            TensorType(DType.float32, ["n_new", N_TOTAL], self.device),  # additive causal mask
+            TensorType(DType.int64, ["n_rows"], self.device),  # rows whose logits are returned
         ]
-        inputs += self._kv_types("n_past") + self._kv_types(self.dims.n_audio_ctx)
-        with Graph("whisper_decoder_step", input_types=inputs) as graph:
-            values = [v.tensor for v in graph.inputs]
-            tokens, positions, mask, rows = values[:4]
-            self_kv, cross_kv = values[4 : 4 + self.n_kv], values[4 + self.n_kv :]
-            hidden, new_kv = self.decoder(tokens, positions, mask, rows, self_kv, cross_kv)
-            guess, margin = self.decoder.draft(hidden, self.timestamp_begin, self.dims.n_vocab)
-            graph.output(hidden, guess, margin, *new_kv)
+        inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device)
+        with Graph("whisper_decoder", input_types=inputs) as graph:
+            tokens, start, end, mask, rows = (v.tensor for v in graph.inputs[:5])
+            caches = self._caches(graph.inputs[5 : 5 + self.n_kv])
+            cross_kv = [v.tensor for v in graph.inputs[5 + self.n_kv :]]
+            hidden = self.decoder(tokens, Span(start, end), caches, cross_kv, mask, rows)
+            graph.output(self.decoder.logits(hidden))
         return self._load(graph)
 
-    def compile_logits(self):
-        hidden = TensorType(DType.float32, ["batch", "n_rows", self.dims.n_text_state], self.device)
-        with Graph("whisper_logits", input_types=[hidden]) as graph:
-            graph.output(self.decoder.logits(graph.inputs[0].tensor))
+    def compile_draft(self):
+        """(token, start, end, cache..., cross K/V...) -> (guess, margin), each (batch, 1).
+
+        One token through the 4-bit draft blocks; its keys and values go into the cache at start."""
+        inputs = [TensorType(DType.int64, ["batch", 1], self.device), SCALAR, SCALAR]
+        inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device, draft=True)
+        with Graph("whisper_draft", input_types=inputs) as graph:
+            token, start, end = (v.tensor for v in graph.inputs[:3])
+            caches = self._caches(graph.inputs[3 : 3 + self.n_kv])
+            cross_kv = [v.tensor for v in graph.inputs[3 + self.n_kv :]]
+            hidden = self.draft_decoder(token, Span(start, end), caches, cross_kv)
+            graph.output(*self.draft_decoder.draft(hidden, self.timestamp_begin, self.dims.n_vocab))
         return self._load(graph)
 
-    def compile_kv_select(self):
-        """Gathers the self-attention cache: batch rows (beam search) and positions (rollback)."""
-        inputs = [TensorType(DType.int64, ["n_batch_out"], self.device), TensorType(DType.int64, ["n_keep"], self.device)]
-        inputs += self._kv_types("n_past")
-        with Graph("whisper_kv_select", input_types=inputs) as graph:
-            batch_index, keep = graph.inputs[0].tensor, graph.inputs[1].tensor
-            caches = [v.tensor for v in graph.inputs[2:]]
-            # keys hold positions on axis 3, values on axis 2 (see kv_types)
-            graph.output(
-                *(ops.gather(ops.gather(c, batch_index, axis=0), keep, axis=3 - i % 2) for i, c in enumerate(caches))
-            )
+    def compile_reorder(self):
+        """Gathers every cache buffer along the batch axis, in place (beam search)."""
+        inputs = [TensorType(DType.int64, ["batch"], self.device)] + cache_types(self.dims, self.device)
+        with Graph("whisper_cache_reorder", input_types=inputs) as graph:
+            index = graph.inputs[0].tensor
+            for value in graph.inputs[1:]:
+                buffer = value.buffer
+                ops.buffer_store(buffer, ops.rebind(ops.gather(ops.buffer_load(buffer), index, axis=0), buffer.shape))
+            graph.output()
         return self._load(graph)
 
 
@@ -191,8 +221,8 @@ class MaxBackend(Backend):
             self.encoder_model = graphs.compile_encoder()
             self.cross_kv_model = graphs.compile_cross_kv()
             self.decoder_model = graphs.compile_decoder()
-            self.logits_model = graphs.compile_logits()
-            self.kv_select_model = graphs.compile_kv_select()
+            self.draft_model = graphs.compile_draft()
+            self.reorder_model = graphs.compile_reorder()
 
     # -- host <-> MAX device ------------------------------------------------------------
     def to_device(self, array: np.ndarray) -> "Buffer":
@@ -217,13 +247,17 @@ class MaxBackend(Backend):
     def inference(self, initial_token_length: int) -> Inference:
         return MaxInference(self, initial_token_length)
 
-    def cross_kv(self, audio_features: torch.Tensor) -> List["Buffer"]:
+    def cross_kv(self, audio_features: torch.Tensor) -> "tuple[List[Buffer], List[Buffer]]":
+        """Every decoder block's cross-attention keys and values, once per window: ([k_0, v_0, ...] in
+        the float32 decoder's layouts, the same in the draft decoder's layouts)."""
         expected = (self.dims.n_audio_ctx, self.dims.n_audio_state)
         if audio_features.ndim != 3 or tuple(audio_features.shape[1:]) != expected:
             raise InputShapeError(
                 f"audio features must have shape (batch, {expected[0]}, {expected[1]}), got {tuple(audio_features.shape)}"
             )
-        return list(self.cross_kv_model.execute(self.to_device(audio_features.float().cpu().numpy())))
+        buffers = list(self.cross_kv_model.execute(self.to_device(audio_features.float().cpu().numpy())))
+        n_kv = 2 * self.dims.n_text_layer
+        return buffers[:n_kv], buffers[n_kv:]
 
     def describe(self) -> Dict[str, Any]:
         info = super().describe()
@@ -238,32 +272,38 @@ class MaxBackend(Backend):
 
 
 class MaxInference(Inference):
-    """whisper's ``Inference`` on MAX: decoder steps with their KV cache on the MAX device.
+    """whisper's ``Inference`` on MAX: decoder passes with their KV cache on the MAX device.
 
-    Greedy decoding of one sequence is memory-bound on the vocabulary projection
-    (``hidden @ token_embedding.T`` reads the whole embedding for every token).
-    So, for a batch of one, each call that finds no prepared answer runs a
-    *speculative* burst: it feeds the real newest token, then up to
-    ``LOOKAHEAD - 1`` guesses of the following tokens (the draft pass: the best
-    token of a small draft vocabulary), keeping every step's exact hidden state
-    and cache; then one vocabulary pass turns all those hidden states into
-    logits.  Row ``j`` is exact for the token history it was computed with, and
-    is returned only when whisper's own choices match that history; at the first
-    mismatch the cache is cut back and a new burst starts.  The tokens chosen are
-    therefore exactly those of step-by-step decoding.
+    The self-attention cache is a set of mutable buffers with room for the whole
+    text context, allocated at the first call of a window; each pass writes its
+    new keys and values in place and attends over the positions before its end,
+    so cutting the cache back (a rejected guess) only moves where the next pass
+    starts.
+
+    Greedy decoding of one sequence (batch 1) is *speculative*: on a call that
+    finds no prepared answer, the 4-bit draft decoder guesses up to
+    ``LOOKAHEAD - 1`` tokens after the real newest one, one cheap step each
+    (stopping at end-of-text, or after a guess whose margin is below
+    ``MIN_DRAFT_MARGIN``); then one float32 decoder pass runs the real token and
+    the guesses together and returns the logits of every row.  Row ``j`` is exact
+    for the history it was computed with, and is returned only when whisper's own
+    choices match that history; at the first mismatch the next burst starts from
+    whisper's token.  The tokens chosen are therefore exactly those of
+    step-by-step decoding, while the float32 weights are read once per burst
+    instead of once per token.
     """
 
     def __init__(self, backend: MaxBackend, initial_token_length: int) -> None:
         # initial_token_length (whisper's signature) is not needed: the first call, with an
         # empty cache, is the prompt; every later call feeds the newest token only.
         self.backend = backend
-        self.self_kv: Optional[List["Buffer"]] = None
-        self.cross_kv: Optional[List["Buffer"]] = None
-        self.n_past = 0  # positions held by the self-attention cache
+        self.cache: Optional[List["Buffer"]] = None
+        self.cross_kv: Optional[List["Buffer"]] = None  # the float32 decoder's
+        self.draft_cross_kv: Optional[List["Buffer"]] = None  # the same, in the draft's layouts
+        self.n_past = 0  # positions of the cache that hold the keys/values of the current history
         self.burst_start = 0  # position of the first token of the current burst
         self.burst_tokens: List[int] = []  # input token at each position of the burst
         self.burst_logits: Optional[torch.Tensor] = None  # (len(burst_tokens), n_vocab)
-        self.burst_caches: List[List["Buffer"]] = []  # cache holding burst_start + j positions, per j
 
     # -- whisper's Inference API ------------------------------------------------------
     def logits(self, tokens: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
@@ -273,63 +313,83 @@ class MaxInference(Inference):
             # whisper repeats the tokens of each window for beam search / best-of, not its features
             if audio_features.shape[0] != n_batch:
                 audio_features = audio_features.repeat_interleave(n_batch // audio_features.shape[0], dim=0)
-            self.cross_kv = backend.cross_kv(audio_features)
+            self.cross_kv, self.draft_cross_kv = backend.cross_kv(audio_features)
         if n_tokens > backend.dims.n_text_ctx:
             raise InputShapeError(f"the decoder context holds {backend.dims.n_text_ctx} tokens; got {n_tokens}")
-        if self.self_kv is None:
+        if self.cache is None:
             return self._prefill(tokens)
         if n_batch == 1 and backend.speculate:
             return self._speculative_step(tokens[0].tolist())
-        self._truncate(n_tokens - 1)
-        hidden = self._step(tokens[:, -1:].numpy(), rows=[0])[0]
-        return backend.to_torch(backend.logits_model.execute(hidden)[0])
+        self.n_past = min(self.n_past, n_tokens - 1)
+        return self._pass(tokens[:, -1:].numpy(), rows=[0])
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
-        if self.self_kv is None or list(source_indices) == list(range(len(source_indices))):
+        if self.cache is None or list(source_indices) == list(range(len(source_indices))):
             return
-        self._select(np.asarray(source_indices, dtype=np.int64), self.n_past)
+        backend = self.backend
+        backend.reorder_model.execute(backend.to_device(np.asarray(source_indices, dtype=np.int64)), *self.cache)
+        self.burst_logits = None
 
     def cleanup_caching(self) -> None:
-        self.self_kv = None
-        self.cross_kv = None
+        self.cache = None
+        self.cross_kv = self.draft_cross_kv = None
         self.n_past = 0
-        self.burst_tokens, self.burst_logits, self.burst_caches = [], None, []
+        self.burst_tokens, self.burst_logits = [], None
 
-    # -- decoding steps ---------------------------------------------------------------
-    def _step(self, tokens: np.ndarray, rows: Sequence[int]) -> "tuple[Buffer, Buffer, Buffer]":
-        """Feed (batch, n_new) tokens after the cache; return (hidden rows, guesses, margins)."""
+    # -- decoder passes ---------------------------------------------------------------
+    def _span(self, n_new: int) -> "tuple[Buffer, Buffer]":
+        """The start and end positions of ``n_new`` tokens after the cache, as host scalars."""
+        return Buffer.from_numpy(np.array(self.n_past, dtype=np.int64)), Buffer.from_numpy(
+            np.array(self.n_past + n_new, dtype=np.int64)
+        )
+
+    def _pass(self, tokens: np.ndarray, rows: Sequence[int]) -> torch.Tensor:
+        """Feed (batch, n_new) tokens after the cache (float32); logits (batch, len(rows), n_vocab)."""
         backend = self.backend
         n_new = tokens.shape[1]
-        positions = np.arange(self.n_past, self.n_past + n_new, dtype=np.int64)
         mask = np.triu(np.full((n_new, self.n_past + n_new), -np.inf, dtype=np.float32), k=self.n_past + 1)
-        inputs = [tokens.astype(np.int64), positions, mask, np.asarray(rows, dtype=np.int64)]
-        outputs = backend.decoder_model.execute(*(backend.to_device(a) for a in inputs), *self.self_kv, *self.cross_kv)
+        start, end = self._span(n_new)
+        arrays = (tokens.astype(np.int64), mask, np.asarray(rows, dtype=np.int64))
+        tokens_in, mask_in, rows_in = (backend.to_device(a) for a in arrays)
+        logits = backend.decoder_model.execute(tokens_in, start, end, mask_in, rows_in, *self.cache, *self.cross_kv)[0]
         backend.stats["steps"] += 1
-        self.self_kv = list(outputs[3:])
         self.n_past += n_new
-        return outputs[0], outputs[1], outputs[2]
+        return backend.to_torch(logits)
+
+    def _draft(self, token: int) -> "tuple[int, float]":
+        """Feed ``token`` (batch 1) to the draft decoder at position ``n_past``: (guess, margin).
+
+        The draft's keys and values land in the cache at that position; the float32 pass of
+        the burst overwrites them."""
+        backend = self.backend
+        start, end = self._span(1)
+        token_in = backend.to_device(np.array([[token]], dtype=np.int64))
+        guess, margin = backend.draft_model.execute(token_in, start, end, *self.cache, *self.draft_cross_kv)
+        backend.stats["draft_steps"] += 1
+        return int(backend.to_numpy(guess)[0, 0]), float(backend.to_numpy(margin)[0, 0])
 
     def _prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         """The first call: all initial tokens at once; logits for the rows whisper reads.
 
         whisper reads the logits of the last token and, for the no-speech
-        probability, of the start-of-transcript token; the other rows are NaN.
+        probability, of the start-of-transcript token; the other rows are not computed and
+        left as zeros (``torch.zeros`` maps untouched pages, where a NaN fill of the whole
+        (batch, n_tokens, n_vocab) tensor cost ~24 ms per window).
         """
         backend = self.backend
         d = backend.dims
         n_batch, n_tokens = tokens.shape
-        head, head_state = d.n_text_head, d.n_text_state // d.n_text_head
-        empty_k = np.zeros((n_batch, head, head_state, 0), dtype=np.float32)
-        empty_v = np.zeros((n_batch, head, 0, head_state), dtype=np.float32)
-        self.self_kv = [backend.to_device(a) for _ in range(d.n_text_layer) for a in (empty_k, empty_v)]
+        head, head_state, ctx = d.n_text_head, d.n_text_state // d.n_text_head, d.n_text_ctx
+        shapes = [(n_batch, head, ctx, head_state), (n_batch, head, head_state, ctx)] * d.n_text_layer
+        # one array per buffer: on the CPU a Buffer shares its numpy array's memory
+        self.cache = [backend.to_device(np.zeros(shape, dtype=np.float32)) for shape in shapes]
         self.n_past = 0
         sot = (tokens[0] == backend.tokenizer.sot).nonzero()
         rows = sorted({int(sot[0, 0]) if len(sot) else 0, n_tokens - 1})
-        hidden, _, _ = self._step(tokens.numpy(), rows)
-        row_logits = backend.to_torch(backend.logits_model.execute(hidden)[0])
-        logits = torch.full((n_batch, n_tokens, row_logits.shape[-1]), float("nan"))
+        row_logits = self._pass(tokens.numpy(), rows)
+        logits = torch.zeros((n_batch, n_tokens, row_logits.shape[-1]))
         logits[:, rows] = row_logits
-        self.burst_tokens, self.burst_logits, self.burst_caches = [], None, []
+        self.burst_tokens, self.burst_logits = [], None
         return logits
 
     def _speculative_step(self, history: List[int]) -> torch.Tensor:
@@ -340,54 +400,33 @@ class MaxInference(Inference):
             if history[self.burst_start : position + 1] == self.burst_tokens[: offset + 1]:
                 self.backend.stats["rows_served"] += 1
                 return self.burst_logits[offset][None, None]
-        self._truncate(position)
+        if self.n_past > position:
+            self.backend.stats["rollbacks"] += 1
+        self.n_past = min(self.n_past, position)
         self._burst(history[-1])
         self.backend.stats["rows_served"] += 1
         return self.burst_logits[0][None, None]
 
     def _burst(self, token: int) -> None:
-        """Feed ``token`` and up to LOOKAHEAD - 1 draft guesses; one vocabulary pass for all."""
+        """Draft up to LOOKAHEAD - 1 guesses after ``token``, then one float32 pass for all of them."""
         backend = self.backend
-        self.burst_start = self.n_past
+        start = self.n_past
+        self.burst_start = start
         self.burst_tokens = [token]
-        self.burst_caches = [self.self_kv]
-        hidden_rows = []
-        room = backend.dims.n_text_ctx - self.n_past
-        while True:
-            hidden, guess, margin = self._step(np.array([[token]]), rows=[0])
-            self.burst_caches.append(self.self_kv)
-            hidden_rows.append(np.array(backend.to_numpy(hidden), copy=True))
-            token = min(int(backend.to_numpy(guess)[0, 0]), backend.dims.n_vocab - 1)
-            if (
-                len(self.burst_tokens) >= min(LOOKAHEAD, room)
-                or token == backend.tokenizer.eot
-                or float(backend.to_numpy(margin)[0, 0]) < MIN_DRAFT_MARGIN
-            ):
+        length = min(LOOKAHEAD, backend.dims.n_text_ctx - start)
+        while len(self.burst_tokens) < length:
+            self.n_past = start + len(self.burst_tokens) - 1  # the draft writes past the real cache
+            guess, margin = self._draft(self.burst_tokens[-1])
+            if guess >= backend.dims.n_vocab or guess == backend.tokenizer.eot:
                 break
-            self.burst_tokens.append(token)
+            self.burst_tokens.append(guess)
+            if margin < MIN_DRAFT_MARGIN:
+                break
+        self.n_past = start
         backend.stats["bursts"] += 1
-        backend.stats["burst_rows"] += len(hidden_rows)
-        hidden_all = backend.to_device(np.concatenate(hidden_rows, axis=1))
-        self.burst_logits = backend.to_torch(backend.logits_model.execute(hidden_all)[0])[0]
-
-    def _truncate(self, n_keep: int) -> None:
-        """Cut the self-attention cache back to its first ``n_keep`` positions."""
-        if self.n_past > n_keep:
-            self.backend.stats["rollbacks"] += 1
-            if 0 <= n_keep - self.burst_start < len(self.burst_caches):
-                # every step of a burst made a new cache: take the one that ends at n_keep
-                self.self_kv = self.burst_caches[n_keep - self.burst_start]
-                self.n_past = n_keep
-                return
-            n_batch = int(self.self_kv[0].shape[0])
-            self._select(np.arange(n_batch, dtype=np.int64), n_keep)
-
-    def _select(self, batch_index: np.ndarray, n_keep: int) -> None:
-        backend = self.backend
-        keep = np.arange(n_keep, dtype=np.int64)
-        outputs = backend.kv_select_model.execute(backend.to_device(batch_index), backend.to_device(keep), *self.self_kv)
-        self.self_kv = list(outputs)
-        self.n_past = n_keep
+        backend.stats["burst_rows"] += len(self.burst_tokens)
+        rows = list(range(len(self.burst_tokens)))
+        self.burst_logits = self._pass(np.array([self.burst_tokens], dtype=np.int64), rows)[0]
 
 
 BACKEND = MaxBackend
