@@ -389,18 +389,29 @@ class TextDecoder:
         a seventh of the bytes of :meth:`logits`, and follows the rule of whisper's
         ``ApplyTimestampRules`` that decides most choices between text and time: a
         timestamp is picked when the timestamps' total probability beats every text
-        token.  ``margin`` (in logits) is how far the guess is ahead of the runner-up:
-        small margins are where a 4-bit guess may differ from the float32 choice.
+        token.  The two best text tokens are then scored again against their float32
+        embedding rows (two rows: nothing to read), which undoes most of the 4-bit
+        rounding's wrong picks.  ``margin`` (in logits) is how far the guess is ahead of
+        the runner-up: small margins are where a guess may differ from the float32 choice.
         """
         scores = ops.qmatmul(QuantizationEncoding.Q4_0, None, hidden, self.weights.get(DRAFT_EMBEDDING))
         text, times = scores[:, :, :timestamp_begin], scores[:, :, timestamp_begin:n_vocab]
         best_text = ops.max(text, axis=-1)  # (batch, n_rows, 1)
         # the runner-up as a second max with the best masked out (ops.top_k costs 30x more here)
         floor = ops.constant(-1e30, DType.float32, self.weights.device)
-        second_text = ops.max(ops.where(text >= best_text, floor, text), axis=-1)
+        first = ops.argmax(text, axis=-1)
+        second = ops.argmax(ops.where(text >= best_text, floor, text), axis=-1)
+        candidates = ops.concat([first, second], axis=-1)  # (batch, n_rows, 2)
+        rows = ops.gather(self.weights.get("decoder.token_embedding.weight"), candidates, axis=0)
+        exact = ops.squeeze(ops.sum(rows * ops.unsqueeze(hidden, 2), axis=-1), -1)  # (batch, n_rows, 2)
+        first_exact, second_exact = exact[:, :, 0:1], exact[:, :, 1:2]
+        text_guess = ops.where(second_exact > first_exact, second, first)
+        text_margin = ops.abs(first_exact - second_exact)
         best_time = ops.max(times, axis=-1)
         time_mass = best_time + ops.log(ops.sum(ops.exp(times - best_time), axis=-1))
         pick_time = time_mass > best_text
-        guess = ops.where(pick_time, ops.argmax(times, axis=-1) + timestamp_begin, ops.argmax(text, axis=-1))
-        margin = ops.where(pick_time, time_mass - best_text, best_text - ops.max(second_text, time_mass))
+        guess = ops.where(pick_time, ops.argmax(times, axis=-1) + timestamp_begin, text_guess)
+        over_time = best_text - time_mass
+        text_margin = ops.where(text_margin < over_time, text_margin, over_time)
+        margin = ops.where(pick_time, time_mass - best_text, text_margin)
         return ops.squeeze(guess, -1), ops.squeeze(margin, -1)
