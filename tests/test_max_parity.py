@@ -439,14 +439,9 @@ class Probes:
             buffers = [v.buffer for v in graph.inputs[5:]]
             span = Span(start_pos, end_pos)
             cross = decoder.cross_kv(features)
-            embedding = weights.get("decoder.token_embedding.weight")
-            positional = ops.slice_tensor(
-                weights.get("decoder.positional_embedding"), [(slice(start_pos, end_pos), tokens.shape[1]), slice(None)]
-            )
-            x = ops.gather(embedding, tokens, axis=0) + positional
+            x = decoder.embed(tokens, span)
             block_out: List[Any] = []
-            for i, block in enumerate(decoder.blocks):
-                cache = KVCache(buffers[2 * i], buffers[2 * i + 1])
+            for i, (block, cache) in enumerate(zip(decoder.blocks, KVCache.per_block(buffers))):
                 x = block.step(x, cache, cross[2 * i], cross[2 * i + 1], span, mask)
                 block_out.append(x)
             logits = decoder.logits(decoder.ln(x))
@@ -462,9 +457,9 @@ class Probes:
 
     def new_cache(self, batch: int) -> Dict[str, Any]:
         """An empty self-attention cache: the backend's buffers (room for n_text_ctx positions), none used."""
-        d = self.dims
-        head, head_state, ctx = d.n_text_head, d.n_text_state // d.n_text_head, d.n_text_ctx
-        shapes = [(batch, head, ctx, head_state), (batch, head, head_state, ctx)] * self.n_layer
+        from max_whisper.whisper_max import cache_shapes
+
+        shapes = cache_shapes(self.dims, batch)
         return {"buffers": [self.Buffer.from_numpy(np.zeros(s, np.float32)) for s in shapes], "n_past": 0}
 
     def run_decoder(self, tokens: torch.Tensor, features: torch.Tensor, cache: Dict[str, Any]) -> Dict[str, Any]:

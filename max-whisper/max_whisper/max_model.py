@@ -168,6 +168,11 @@ class KVCache(NamedTuple):
     keys: BufferValue
     values: BufferValue
 
+    @classmethod
+    def per_block(cls, buffers: Sequence[BufferValue]) -> List["KVCache"]:
+        """[k_0, v_0, k_1, v_1, ...] buffers -> one cache per block."""
+        return [cls(buffers[i], buffers[i + 1]) for i in range(0, len(buffers), 2)]
+
 
 class Span(NamedTuple):
     """Where a decoder pass's new tokens go: positions ``[start, end)``, as int64 scalars."""
@@ -366,17 +371,19 @@ class TextDecoder:
         Returns hidden (batch, n_rows, n_text_state).  The logits are :meth:`logits` of the
         hidden states (whisper's ``TextDecoder.forward`` does both at once).
         """
-        embedding = self.weights.get("decoder.token_embedding.weight")  # (n_vocab, state)
-        n_new = tokens.shape[1]
-        positional = ops.slice_tensor(
-            self.weights.get("decoder.positional_embedding"), [(slice(span.start, span.end), n_new), slice(None)]
-        )
-        x = ops.gather(embedding, tokens, axis=0) + positional
+        x = self.embed(tokens, span)
         for i, block in enumerate(self.blocks):
             x = block.step(x, caches[i], cross_kv[2 * i], cross_kv[2 * i + 1], span, mask)
         if rows is not None:
             x = ops.gather(x, rows, axis=1)
         return self.ln(x)
+
+    def embed(self, tokens: TensorValue, span: Span) -> TensorValue:
+        """Token + positional embedding of tokens (batch, n_new) placed at positions ``span``."""
+        positional = ops.slice_tensor(
+            self.weights.get("decoder.positional_embedding"), [(slice(span.start, span.end), tokens.shape[1]), slice(None)]
+        )
+        return ops.gather(self.weights.get("decoder.token_embedding.weight"), tokens, axis=0) + positional
 
     def logits(self, hidden: TensorValue) -> TensorValue:
         """(batch, n_rows, state) -> (batch, n_rows, n_vocab): against the token embedding."""

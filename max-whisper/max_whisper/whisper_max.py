@@ -78,13 +78,16 @@ def select_device(device: str) -> "tuple[Any, Any]":
     return CPU(), DeviceRef.CPU()
 
 
-def cache_types(dims: ModelDimensions, device: "DeviceRef") -> list:
-    """Graph input types of the self-attention cache [k_0, v_0, k_1, v_1, ...]: mutable buffers with
-    room for n_text_ctx positions, in head layout (see :class:`max_model.KVCache`)."""
+def cache_shapes(dims: ModelDimensions, batch: "int | str") -> list:
+    """Shapes of the self-attention cache [k_0, v_0, k_1, v_1, ...]: room for n_text_ctx positions,
+    in the head layouts of :class:`max_model.KVCache`."""
     head, head_state, ctx = dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_text_ctx
-    k = BufferType(DType.float32, ["batch", head, ctx, head_state], device)
-    v = BufferType(DType.float32, ["batch", head, head_state, ctx], device)
-    return [k, v] * dims.n_text_layer
+    return [(batch, head, ctx, head_state), (batch, head, head_state, ctx)] * dims.n_text_layer
+
+
+def cache_types(dims: ModelDimensions, device: "DeviceRef") -> list:
+    """Graph input types of the self-attention cache: mutable buffers of :func:`cache_shapes`."""
+    return [BufferType(DType.float32, list(shape), device) for shape in cache_shapes(dims, "batch")]
 
 
 def cross_kv_types(dims: ModelDimensions, device: "DeviceRef", draft: bool = False) -> list:
@@ -120,10 +123,6 @@ class MaxWhisperGraphs:
     def _load(self, graph: "Graph"):
         return self.session.load(graph, weights_registry=self.weights.registry())
 
-    def _caches(self, values: Sequence[Any]) -> "List[KVCache]":
-        buffers = [v.buffer for v in values]
-        return [KVCache(buffers[i], buffers[i + 1]) for i in range(0, len(buffers), 2)]
-
     def compile_encoder(self):
         d = self.dims
         mel = TensorType(DType.float32, ["batch", d.n_mels, 2 * d.n_audio_ctx], self.device)
@@ -154,7 +153,7 @@ class MaxWhisperGraphs:
         inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device)
         with Graph("whisper_decoder", input_types=inputs) as graph:
             tokens, start, end, mask, rows = (v.tensor for v in graph.inputs[:5])
-            caches = self._caches(graph.inputs[5 : 5 + self.n_kv])
+            caches = KVCache.per_block([v.buffer for v in graph.inputs[5 : 5 + self.n_kv]])
             cross_kv = [v.tensor for v in graph.inputs[5 + self.n_kv :]]
             hidden = self.decoder(tokens, Span(start, end), caches, cross_kv, mask, rows)
             graph.output(self.decoder.logits(hidden))
@@ -168,7 +167,7 @@ class MaxWhisperGraphs:
         inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device, draft=True)
         with Graph("whisper_draft", input_types=inputs) as graph:
             token, start, end = (v.tensor for v in graph.inputs[:3])
-            caches = self._caches(graph.inputs[3 : 3 + self.n_kv])
+            caches = KVCache.per_block([v.buffer for v in graph.inputs[3 : 3 + self.n_kv]])
             cross_kv = [v.tensor for v in graph.inputs[3 + self.n_kv :]]
             hidden = self.draft_decoder(token, Span(start, end), caches, cross_kv)
             graph.output(*self.draft_decoder.draft(hidden, self.timestamp_begin, self.dims.n_vocab))
@@ -339,18 +338,17 @@ class MaxInference(Inference):
         self.burst_tokens, self.burst_logits = [], None
 
     # -- decoder passes ---------------------------------------------------------------
-    def _span(self, n_new: int) -> "tuple[Buffer, Buffer]":
-        """The start and end positions of ``n_new`` tokens after the cache, as host scalars."""
-        return Buffer.from_numpy(np.array(self.n_past, dtype=np.int64)), Buffer.from_numpy(
-            np.array(self.n_past + n_new, dtype=np.int64)
-        )
+    @staticmethod
+    def _span(start: int, n_new: int) -> "tuple[Buffer, Buffer]":
+        """The positions [start, start + n_new) as host scalars (the graphs' slice bounds)."""
+        return Buffer.from_numpy(np.array(start, dtype=np.int64)), Buffer.from_numpy(np.array(start + n_new, dtype=np.int64))
 
     def _pass(self, tokens: np.ndarray, rows: Sequence[int]) -> torch.Tensor:
         """Feed (batch, n_new) tokens after the cache (float32); logits (batch, len(rows), n_vocab)."""
         backend = self.backend
         n_new = tokens.shape[1]
         mask = np.triu(np.full((n_new, self.n_past + n_new), -np.inf, dtype=np.float32), k=self.n_past + 1)
-        start, end = self._span(n_new)
+        start, end = self._span(self.n_past, n_new)
         arrays = (tokens.astype(np.int64), mask, np.asarray(rows, dtype=np.int64))
         tokens_in, mask_in, rows_in = (backend.to_device(a) for a in arrays)
         logits = backend.decoder_model.execute(tokens_in, start, end, mask_in, rows_in, *self.cache, *self.cross_kv)[0]
@@ -358,13 +356,13 @@ class MaxInference(Inference):
         self.n_past += n_new
         return backend.to_torch(logits)
 
-    def _draft(self, token: int) -> "tuple[int, float]":
-        """Feed ``token`` (batch 1) to the draft decoder at position ``n_past``: (guess, margin).
+    def _draft(self, token: int, position: int) -> "tuple[int, float]":
+        """Feed ``token`` (batch 1) to the draft decoder at ``position``: (guess, margin).
 
-        The draft's keys and values land in the cache at that position; the float32 pass of
-        the burst overwrites them."""
+        The draft's keys and values land in the cache at that position, past the real history;
+        the float32 pass of the burst overwrites them."""
         backend = self.backend
-        start, end = self._span(1)
+        start, end = self._span(position, 1)
         token_in = backend.to_device(np.array([[token]], dtype=np.int64))
         guess, margin = backend.draft_model.execute(token_in, start, end, *self.cache, *self.draft_cross_kv)
         backend.stats["draft_steps"] += 1
@@ -381,10 +379,8 @@ class MaxInference(Inference):
         backend = self.backend
         d = backend.dims
         n_batch, n_tokens = tokens.shape
-        head, head_state, ctx = d.n_text_head, d.n_text_state // d.n_text_head, d.n_text_ctx
-        shapes = [(n_batch, head, ctx, head_state), (n_batch, head, head_state, ctx)] * d.n_text_layer
         # one array per buffer: on the CPU a Buffer shares its numpy array's memory
-        self.cache = [backend.to_device(np.zeros(shape, dtype=np.float32)) for shape in shapes]
+        self.cache = [backend.to_device(np.zeros(shape, dtype=np.float32)) for shape in cache_shapes(d, n_batch)]
         self.n_past = 0
         sot = (tokens[0] == backend.tokenizer.sot).nonzero()
         rows = sorted({int(sot[0, 0]) if len(sot) else 0, n_tokens - 1})
@@ -412,19 +408,16 @@ class MaxInference(Inference):
     def _burst(self, token: int) -> None:
         """Draft up to LOOKAHEAD - 1 guesses after ``token``, then one float32 pass for all of them."""
         backend = self.backend
-        start = self.n_past
-        self.burst_start = start
+        start = self.burst_start = self.n_past
         self.burst_tokens = [token]
         length = min(LOOKAHEAD, backend.dims.n_text_ctx - start)
         while len(self.burst_tokens) < length:
-            self.n_past = start + len(self.burst_tokens) - 1  # the draft writes past the real cache
-            guess, margin = self._draft(self.burst_tokens[-1])
+            guess, margin = self._draft(self.burst_tokens[-1], start + len(self.burst_tokens) - 1)
             if guess >= backend.dims.n_vocab or guess == backend.tokenizer.eot:
                 break
             self.burst_tokens.append(guess)
             if margin < MIN_DRAFT_MARGIN:
                 break
-        self.n_past = start
         backend.stats["bursts"] += 1
         backend.stats["burst_rows"] += len(self.burst_tokens)
         rows = list(range(len(self.burst_tokens)))
