@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The benchmark runner (same as ``max-whisper benchmark``); see docs/benchmark.md and ``--help``."""
 
-from max_whisper.benchmark import main
+from max_whisper.bench.command import main
 
 if __name__ == "__main__":
     main()

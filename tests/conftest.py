@@ -83,7 +83,7 @@ def max_report() -> MaxReport:
 @pytest.fixture(scope="session")
 def cpu_backend() -> Any:
     """The reference: openai-whisper's PyTorch tiny.en (``.torch_model``), float32 on the CPU."""
-    from max_whisper.whisper_cpu import CPUBackend
+    from max_whisper.backends.whisper_cpu import CPUBackend
 
     return CPUBackend("tiny.en")
 
@@ -94,7 +94,7 @@ def max_backend(max_report: MaxReport) -> Any:
     pytest.importorskip("max.engine", reason="the MAX engine is not installed")
     import time
 
-    from max_whisper.whisper_max import MaxBackend
+    from max_whisper.backends.whisper_max.backend import MaxBackend
 
     start = time.perf_counter()
     backend = MaxBackend("tiny.en")

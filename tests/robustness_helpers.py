@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from max_whisper.config import SHARED_AUDIO_DIR
-from max_whisper.wer import normalize
+from max_whisper.bench.metrics import normalize
 
 SAMPLE_RATE = 16000
 JFK = SHARED_AUDIO_DIR / "jfk.flac"

@@ -2,7 +2,7 @@
 
 Scoring follows ``../shared/FACTS.md`` and ``../shared/audio/README.md``: openai-whisper's
 ``EnglishTextNormalizer`` on both sides, then ``jiwer.wer`` over a group's lists (errors summed over
-the clips, divided by the total number of reference words) -- exactly what ``max_whisper.wer.wer`` does.
+the clips, divided by the total number of reference words) -- exactly what ``max_whisper.bench.metrics.wer`` does.
 
 Decoding options are those of FACTS.md's reference figures: ``whisper.transcribe``'s defaults with
 ``temperature=0.0`` (greedy, one temperature, no fallback), ``language="en"``, fp32.  With them this
@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List
 import pytest
 
 from max_whisper.config import SHARED_AUDIO_DIR
-from max_whisper.wer import normalize, wer
+from max_whisper.bench.metrics import normalize, wer
 
 # -- bounds (measured, see the module docstring) --------------------------------------------------------
 

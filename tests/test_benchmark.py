@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from max_whisper import benchmark, bench_report
-from max_whisper.benchmark import (
+from max_whisper.bench import command as benchmark
+from max_whisper.bench import render as bench_report
+from max_whisper.bench.command import (
     PEER,
     clip_group,
     evaluate,
@@ -26,7 +27,7 @@ from max_whisper.benchmark import (
 )
 from max_whisper.config import PROJECT_ROOT, SHARED_AUDIO_DIR
 from max_whisper.errors import MaxWhisperError
-from max_whisper.wer import edit_distance, normalize, result_tokens, text_tokens, token_diff, wer
+from max_whisper.bench.metrics import edit_distance, normalize, result_tokens, text_tokens, token_diff, wer
 
 SCHEMA_PATH = PROJECT_ROOT / "docs" / "benchmark.schema.json"
 JFK = Path(SHARED_AUDIO_DIR) / "jfk.flac"
@@ -216,7 +217,7 @@ def test_option_parsing() -> None:
 
 def test_cli_wires_the_benchmark_and_demo_commands() -> None:
     cli = pytest.importorskip("max_whisper.cli")
-    from max_whisper import demo
+    from max_whisper.bench import harness as demo
 
     args = cli.build_parser("benchmark").parse_args(["benchmark", "--runs", "2", "--backends", "cpu", "--json"])
     assert args.handler == benchmark.run_from_args and args.runs == 2 and args.json
@@ -323,7 +324,7 @@ def jfk_json() -> Dict[str, Any]:
     if not JFK.is_file():
         pytest.skip(f"{JFK} not available")
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, "-m", "max_whisper.benchmark", "--backends", "cpu,gpu", "--audio", str(JFK),
+    cmd = [sys.executable, "-m", "max_whisper.bench.command", "--backends", "cpu,gpu", "--audio", str(JFK),
            "--runs", "1", "--warmup", "0", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=PROJECT_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -372,7 +373,7 @@ def test_demo_runs_with_the_gpu_backend_unavailable(monkeypatch: pytest.MonkeyPa
     import torch
     from rich.console import Console
 
-    from max_whisper import demo
+    from max_whisper.bench import harness as demo
 
     if not JFK.is_file():
         pytest.skip(f"{JFK} not available")

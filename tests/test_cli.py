@@ -2,7 +2,7 @@
 
 Each ``main`` call creates its backend once; to keep the suite fast the
 backends are memoized for this module (a wrapper around
-``max_whisper.backend.create_backend`` that calls through on a miss, so
+``max_whisper.backends.create_backend`` that calls through on a miss, so
 errors such as an unknown model or a missing GPU still come from the real
 code).  One test runs the CLI in a subprocess (``python -m max_whisper``).
 Nothing here touches the network: the default tiny.en model is the one
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from max_whisper import backend as backend_module
+from max_whisper import backends as backend_module
 from max_whisper import cli
 from max_whisper.config import SHARED_AUDIO_DIR
 

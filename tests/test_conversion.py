@@ -15,7 +15,7 @@ import whisper
 from whisper.model import ModelDimensions, Whisper
 from whisper.normalizers import EnglishTextNormalizer
 
-from max_whisper import ct2
+from max_whisper.models import ct2
 from max_whisper.errors import ModelError
 
 EXPECTED_DIMS = {

@@ -6,7 +6,7 @@ message; set ``MAX_WHISPER_TEST_SEED`` to replay one) and real log-mel from ``..
 
 Whole-model checks go through the backend's public surface (``encode``, ``cross_kv``,
 ``inference(n).logits`` / ``rearrange_kv_cache``). Per-block checks use one extra *probe* graph per side
-(encoder, decoder), built from the :mod:`max_whisper.max_model` classes and compiled once per session,
+(encoder, decoder), built from the :mod:`max_whisper.backends.whisper_max.layers` classes and compiled once per session,
 whose outputs are the intermediate activations; the PyTorch twins are read with forward hooks.
 
 The measured errors are printed in the session summary (``max backend parity``).
@@ -390,8 +390,8 @@ class Probes:
         from max.engine import InferenceSession
         from max.graph import DeviceRef, Graph, TensorType, ops
 
-        from max_whisper.max_model import N_TOTAL, AudioEncoder, KVCache, Span, TextDecoder, WeightSource, merge_heads
-        from max_whisper.whisper_max import cache_types
+        from max_whisper.backends.whisper_max.layers import N_TOTAL, AudioEncoder, KVCache, Span, TextDecoder, WeightSource, merge_heads
+        from max_whisper.backends.whisper_max.backend import cache_types
 
         self.Buffer = Buffer
         self.dims = d = torch_model.dims
@@ -457,7 +457,7 @@ class Probes:
 
     def new_cache(self, batch: int) -> Dict[str, Any]:
         """An empty self-attention cache: the backend's buffers (room for n_text_ctx positions), none used."""
-        from max_whisper.whisper_max import cache_shapes
+        from max_whisper.backends.whisper_max.backend import cache_shapes
 
         shapes = cache_shapes(self.dims, batch)
         return {"buffers": [self.Buffer.from_numpy(np.zeros(s, np.float32)) for s in shapes], "n_past": 0}

@@ -11,7 +11,7 @@ import pytest
 from max_whisper.audio import load_audio
 from max_whisper.config import SHARED_AUDIO_DIR
 from max_whisper.decoding import transcribe
-from max_whisper.max_weights import (
+from max_whisper.backends.whisper_max.weights import (
     DRAFT_EMBEDDING,
     dequantize_q4_0,
     draft_embedding,
@@ -68,7 +68,7 @@ def test_attend_one_matches_attention(max_backend: Any) -> None:
     from max.dtype import DType
     from max.graph import DeviceRef, Graph, TensorType
 
-    from max_whisper.max_model import attend_one
+    from max_whisper.backends.whisper_max.layers import attend_one
 
     rng = np.random.default_rng()
     batch, n_head, head_state, n_keys = 2, 6, 64, int(rng.integers(1, 400))

@@ -17,7 +17,8 @@ import pytest
 import torch
 import whisper
 
-from max_whisper import ct2, models
+from max_whisper.models import ct2
+from max_whisper import models
 from max_whisper.errors import ModelError
 
 # --------------------------------------------------------------------------- fixtures
@@ -230,7 +231,8 @@ def test_concurrent_builds_in_threads_without_lock(
 _BUILDER = """
 import sys, time
 import torch, whisper
-from max_whisper import ct2, models
+from max_whisper.models import ct2
+from max_whisper import models
 
 dims = {dims!r}
 

@@ -36,8 +36,9 @@ import pytest
 import soundfile as sf
 import soxr
 
-from max_whisper import backend as backend_module
-from max_whisper import cli, models
+from max_whisper import backends as backend_module
+from max_whisper import cli
+from max_whisper import models
 from max_whisper.audio import load_audio
 from max_whisper.decoding import transcribe
 from max_whisper.writers import write_result
@@ -400,7 +401,8 @@ def test_ctrl_c_leaves_no_partial_output_and_exits_130(model_env: Dict[str, str]
 
 _BUILD_AND_HANG = r"""
 import os, sys, time
-from max_whisper import ct2, models
+from max_whisper.models import ct2
+from max_whisper import models
 
 phase = sys.argv[1]
 

@@ -35,7 +35,7 @@ from whisper.decoding import BeamSearchDecoder, DecodingOptions, DecodingResult,
 from whisper.decoding import detect_language as _whisper_detect_language
 
 from .audio import log_mel_spectrogram
-from .backend import Backend
+from .backends.base import Backend
 from .errors import MaxWhisperError
 from .timing import StageTimer
 
@@ -183,7 +183,7 @@ def transcribe(backend: Backend, audio: Union[np.ndarray, torch.Tensor], **optio
     """
     seed = options.pop("seed", 0)
     options.setdefault("fp16", backend.fp16)
-    if options.get("word_timestamps") and getattr(backend, "torch_model", None) is None:
+    if options.get("word_timestamps") and not backend.capabilities.word_timestamps:
         raise MaxWhisperError(f"--word-timestamps is not supported by the {backend.name} backend")
     if isinstance(audio, np.ndarray):
         audio = np.ascontiguousarray(audio, dtype=np.float32)

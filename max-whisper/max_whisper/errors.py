@@ -1,14 +1,39 @@
-"""User-facing errors: each carries a one-line message and the exit code the CLI uses."""
+"""User-facing errors, the one-line message format and the exit codes, in one place.
+
+Every error a user can cause (a bad file, an unknown model, a backend this machine
+cannot run) is a :class:`MaxWhisperError`: the CLI prints it as one line
+(:func:`one_line`) and exits with its :class:`ExitCode`, never with a traceback.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+
+class ExitCode(IntEnum):
+    """The exit status of every ``max-whisper`` command."""
+
+    OK = 0  #: every file (or clip) succeeded
+    FAILED = 1  #: at least one file failed, or a benchmark's transcripts did not match
+    USAGE = 2  #: bad flags, unknown model, backend not available here: nothing was run
+    INTERRUPTED = 130  #: Ctrl-C
+
+
+def one_line(text: Any, limit: int = 1000) -> str:
+    """``text`` with its whitespace folded to single spaces, cut at ``limit`` characters."""
+    folded = " ".join(str(text).split())
+    return folded if len(folded) <= limit else folded[: limit - 3] + "..."
 
 
 class MaxWhisperError(Exception):
     """An error caused by the user's input or machine, reported as one line (no traceback)."""
 
-    exit_code = 1
+    exit_code: ExitCode = ExitCode.FAILED
 
 
 class AudioError(MaxWhisperError):
-    """The audio file is missing, unreadable, empty or not audio."""
+    """The audio file is missing, unreadable, empty, not audio, or holds non-finite samples."""
 
 
 class ModelError(MaxWhisperError):
@@ -18,7 +43,7 @@ class ModelError(MaxWhisperError):
 class BackendUnavailableError(MaxWhisperError):
     """The requested backend cannot run on this machine (no CUDA, no MAX engine...)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class InputShapeError(MaxWhisperError, ValueError):

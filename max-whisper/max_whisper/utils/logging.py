@@ -146,7 +146,7 @@ class BenchmarkLogger:
 
     def __init__(self, logger: Union[logging.Logger, str, None] = None) -> None:
         if logger is None or isinstance(logger, str):
-            logger = setup_logger(logger or "max_whisper.benchmark")
+            logger = setup_logger(logger or "max_whisper.bench.command")
         self.logger = logger
 
     @staticmethod

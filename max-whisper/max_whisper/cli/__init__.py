@@ -24,9 +24,9 @@ import traceback
 import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from . import __version__
-from .config import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, OUTPUT_FORMATS
-from .errors import MaxWhisperError
+from .. import __version__
+from ..config import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, OUTPUT_FORMATS
+from ..errors import MaxWhisperError
 
 PROG = "max-whisper"
 EXIT_OK = 0
@@ -40,10 +40,10 @@ WORD_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_word
 #: Subcommands whose implementation lives in another module, imported only when used.
 DELEGATED = {
     "benchmark": (
-        "max_whisper.benchmark",
+        "max_whisper.bench.command",
         "time the cpu, gpu and max backends on the same audio and compare their transcripts",
     ),
-    "demo": ("max_whisper.demo", "transcribe a clip with every available backend, side by side"),
+    "demo": ("max_whisper.bench.harness", "transcribe a clip with every available backend, side by side"),
 }
 
 log = logging.getLogger("max_whisper.cli")
@@ -396,7 +396,7 @@ def _supported_options(options: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _create_backend(args: argparse.Namespace, logger: logging.Logger) -> Any:
-    from .backend import create_backend
+    from ..backends import create_backend
 
     options: Dict[str, Any] = {"threads": args.threads or None}
     if args.backend == "max":
@@ -412,7 +412,7 @@ def _create_backend(args: argparse.Namespace, logger: logging.Logger) -> Any:
 
 def run_transcribe(args: argparse.Namespace) -> int:
     """``max-whisper transcribe``: set up once, then load, transcribe and write each file."""
-    from .utils.logging import setup_logger
+    from ..utils.logging import setup_logger
 
     logger = setup_logger(
         "max_whisper", json_output=args.json_log,
@@ -437,15 +437,15 @@ def run_transcribe(args: argparse.Namespace) -> int:
         options["language"] = "en"
         if args.task == "translate":
             _warn(f"{args.model} is an English-only model; --task translate has no effect")
-    if args.word_timestamps and getattr(backend, "torch_model", None) is None:
+    if args.word_timestamps and not backend.capabilities.word_timestamps:
         _error(f"--word-timestamps is not supported by the {args.backend} backend")
         return EXIT_USAGE
     options = _supported_options(options)
     writer_options = {name: getattr(args, name) for name in WORD_OPTIONS}
 
-    from .audio import audio_duration, load_audio
-    from .decoding import transcribe
-    from .writers import write_result
+    from ..audio import audio_duration, load_audio
+    from ..decoding import transcribe
+    from ..writers import write_result
 
     failures = 0
     for path in args.audio:

@@ -6,8 +6,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .config import DEFAULT_MODEL
-from .errors import BackendUnavailableError
+from ..config import DEFAULT_MODEL
+from ..errors import BackendUnavailableError
 from .whisper_cpu import TorchBackend
 
 

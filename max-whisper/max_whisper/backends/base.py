@@ -9,17 +9,31 @@ threshold stays in openai-whisper's code, run by :mod:`max_whisper.decoding`.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Dict, Optional, Type
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 from whisper.decoding import Inference
 from whisper.model import ModelDimensions
 
-from .config import BACKENDS, DEFAULT_MODEL
-from .errors import InputShapeError, MaxWhisperError
-from .timing import StageTimer
+from ..config import DEFAULT_MODEL
+from ..errors import InputShapeError, MaxWhisperError
+from ..timing import StageTimer
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared by the backend instead of probed by its callers."""
+
+    #: whisper's word alignment runs PyTorch hooks on the cross-attention: it needs ``torch_model``.
+    word_timestamps: bool = False
+    #: several audio windows (or beams / samples) in one encoder or decoder call.
+    batching: bool = True
+    #: values of the backend's ``device`` option (empty: the device is fixed).
+    devices: tuple = ()
+    #: values of the backend's ``dtype`` option (the first is the default).
+    dtypes: tuple = ("float32",)
 
 
 class Backend(ABC):
@@ -31,6 +45,7 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()
     #: torch device of the tensors this backend hands to the decoding logic.
     device: torch.device = torch.device("cpu")
     #: whether the decoding logic should ask for fp16 (whisper's ``fp16`` option).
@@ -82,19 +97,3 @@ class Backend(ABC):
     def describe(self) -> Dict[str, Any]:
         """Facts about this backend for logs and benchmark records."""
         return {"backend": self.name, "model": self.model_name, "threads": self.threads}
-
-
-_MODULES = {"cpu": "whisper_cpu", "gpu": "whisper_gpu", "max": "whisper_max"}
-
-
-def backend_class(name: str) -> Type[Backend]:
-    """The backend class registered under ``name`` (imports its module lazily)."""
-    if name not in BACKENDS:
-        raise MaxWhisperError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    module = importlib.import_module(f".{_MODULES[name]}", __package__)
-    return module.BACKEND
-
-
-def create_backend(name: str, model: str = DEFAULT_MODEL, **options: Any) -> Backend:
-    """Instantiate a backend by name, e.g. ``create_backend("max", "tiny.en", threads=2)``."""
-    return backend_class(name)(model, **options)

@@ -10,7 +10,7 @@ that graph, reading weights by their openai-whisper ``state_dict`` name from a
 bound at load time through a weights registry, never as baked-in constants, so
 MAX's compile cache serves every later run.
 
-The graphs of :mod:`max_whisper.whisper_max` are built from these pieces: the
+The graphs of :mod:`max_whisper.backends.whisper_max.backend` are built from these pieces: the
 encoder, the cross-attention K/V projection, the decoder pass (float32, with its
 self-attention KV cache written in place and the logits), the draft decoder step
 (the same blocks with 4-bit matrices: a cheap guess of the next token), and the
@@ -28,7 +28,7 @@ from max.graph import BufferValue, DeviceRef, Graph, TensorValue, Weight, ops
 from max.graph.quantization import QuantizationEncoding
 from whisper.model import ModelDimensions
 
-from .max_weights import DRAFT_EMBEDDING, draft_name
+from .weights import DRAFT_EMBEDDING, draft_name
 
 #: openai-whisper's LayerNorm epsilon (torch's default).
 LN_EPS = 1e-5

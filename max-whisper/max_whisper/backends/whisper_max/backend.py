@@ -36,10 +36,10 @@ from whisper.decoding import Inference
 from whisper.tokenizer import get_tokenizer
 from whisper.model import ModelDimensions
 
-from .backend import Backend
-from .config import DEFAULT_MODEL
-from .errors import BackendUnavailableError, InputShapeError, MaxWhisperError
-from .models import load_checkpoint
+from ..base import Backend, Capabilities
+from ...config import DEFAULT_MODEL
+from ...errors import BackendUnavailableError, InputShapeError, MaxWhisperError
+from ...models import load_checkpoint
 
 try:  # the MAX engine is an optional dependency: the other backends work without it
     from max.driver import CPU, Accelerator, Buffer, accelerator_count
@@ -47,8 +47,8 @@ try:  # the MAX engine is an optional dependency: the other backends work withou
     from max.engine import InferenceSession
     from max.graph import BufferType, DeviceRef, Graph, TensorType, ops
 
-    from .max_model import N_TOTAL, AudioEncoder, KVCache, Span, TextDecoder, WeightSource
-    from .max_weights import state_dict_arrays
+    from .layers import N_TOTAL, AudioEncoder, KVCache, Span, TextDecoder, WeightSource
+    from .weights import state_dict_arrays
 except ImportError as exc:  # pragma: no cover - exercised only where max is missing
     _MAX_IMPORT_ERROR: Optional[ImportError] = exc
 else:
@@ -187,6 +187,8 @@ class MaxWhisperGraphs:
 
 class MaxBackend(Backend):
     """Encoder and decoder (with KV cache) as MAX graphs on MAX's CPU or an accelerator."""
+
+    capabilities = Capabilities(word_timestamps=False, devices=DEVICES)
 
     name = "max"
     host_torch_threads = 1

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import ct2
-from .config import DEFAULT_MODEL, cache_dir, whisper_download_root
-from .errors import ModelError
+from ..config import DEFAULT_MODEL, cache_dir, whisper_download_root
+from ..errors import ModelError
 
 if TYPE_CHECKING:  # whisper is imported lazily: it pulls in numba and tiktoken
     from whisper.model import ModelDimensions, Whisper

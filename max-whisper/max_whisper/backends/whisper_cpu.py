@@ -7,13 +7,15 @@ from typing import Optional
 import torch
 from whisper.decoding import Inference, PyTorchInference
 
-from .backend import Backend
-from .config import DEFAULT_MODEL
-from .models import load_model
+from .base import Backend, Capabilities
+from ..config import DEFAULT_MODEL
+from ..models import load_model
 
 
 class TorchBackend(Backend):
     """openai-whisper's own modules on a torch device (shared by ``cpu`` and ``gpu``)."""
+
+    capabilities = Capabilities(word_timestamps=True)
 
     def __init__(self, model: str = DEFAULT_MODEL, *, threads: Optional[int] = None) -> None:
         super().__init__(model, threads=threads)

@@ -1,0 +1,1 @@
+"""The ``max`` backend: Whisper as MAX graphs (``backend.MaxBackend``)."""
