@@ -972,7 +972,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     0: done (every reference run succeeded); 1: the cpu reference failed or
     nothing ran; 3: ``--fail-on-invalid`` and some backend was invalid.
     """
-    from . import bench_report
+    from . import render as bench_report
 
     report = run_manifest(args) if args.manifest else run_compare(args)
     if args.json:
