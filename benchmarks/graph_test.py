@@ -39,8 +39,12 @@ def numpy_reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, w: np.nd
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                        help="where to run the graph (auto: a GPU when MAX sees one)")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="where to run the graph (auto: a GPU when MAX sees one)",
+    )
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest relative error accepted")
     args = parser.parse_args(argv)
 
@@ -102,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     expected = numpy_reference(*arrays)
     rel = float(np.linalg.norm(got - expected) / np.linalg.norm(expected))
     ok = got.shape == expected.shape and np.isfinite(got).all() and rel <= args.tolerance
-    print(f"layer_norm -> matmul -> gelu on ({ROWS}, {D_IN}) x ({D_IN}, {D_OUT}): "
-          f"compile {compile_s:.1f} s, run {run_s * 1e3:.2f} ms, relative error vs NumPy {rel:.2e}")
+    print(
+        f"layer_norm -> matmul -> gelu on ({ROWS}, {D_IN}) x ({D_IN}, {D_OUT}): "
+        f"compile {compile_s:.1f} s, run {run_s * 1e3:.2f} ms, relative error vs NumPy {rel:.2e}"
+    )
     if not ok:
         print(f"graph-test: FAILED (relative error {rel:.2e} > tolerance {args.tolerance:g})", file=sys.stderr)
         return 1

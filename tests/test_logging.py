@@ -90,8 +90,11 @@ def test_benchmark_result(name):
     stream = io.StringIO()
     bench = BenchmarkLogger(setup_logger(name, json_output=True, stream=stream))
     fields = bench.log_benchmark_result(
-        implementation="max-graph", execution_time=0.123, result_text="transcription...",
-        audio_seconds=11.0, name="clash",
+        implementation="max-graph",
+        execution_time=0.123,
+        result_text="transcription...",
+        audio_seconds=11.0,
+        name="clash",
     )
     (record,) = records(stream)
     assert record["event"] == "benchmark_result"

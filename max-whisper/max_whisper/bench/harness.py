@@ -1,177 +1,259 @@
-"""``max-whisper demo``: one clip through every backend, side by side.
+"""Orchestration: every backend over the clips (one worker process each), or all of them in this process (demo).
 
-Each backend is created and run in this process, one after the other, on
-the demo clip (``audio_samples/demo.wav``) or ``--audio``.  A backend that
-cannot run here (the gpu backend without CUDA, the max backend without the MAX
-engine) is shown with the reason; the others still run.  For timings you can
-quote, use ``max-whisper benchmark`` (warm-up, repeated runs, one process per
-backend, accuracy gate).
+* :func:`run_compare`: each backend in its own worker (:mod:`.worker`), one after
+  the other; the gate judges the transcripts; the result is a :class:`.records.Report`.
+* :func:`run_manifest`: one backend over every clip of a manifest; WER per group.
+* :func:`run_in_process`: the demo's mode: one clip, every backend created in this
+  process in turn, one run each without warm-up, judged by the same gate.
 
-Exit status: 0 when the cpu backend ran (or, without cpu in ``--backends``, any backend ran), 1 otherwise.
+Progress and one structured record per result go through
+``max_whisper.utils.logging`` (``BenchmarkLogger``) on stderr; stdout stays free for the report.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-import traceback
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
 
-from ..config import BACKENDS, DEFAULT_MODEL, DEMO_AUDIO, SHARED_AUDIO_DIR
-from ..errors import BackendUnavailableError, MaxWhisperError
+from ..errors import BackendUnavailableError, MaxWhisperError, UsageError, describe, one_line
+from ..utils.logging import BenchmarkLogger
+from .config import PEER, BenchmarkOptions, DemoOptions
+from .environment import environment
+from .gate import Verdict, judge
+from .manifest import read_manifest, summarize_manifest
+from .metrics import wer
+from .records import SCHEMA_ID, ManifestClip, Measurement, Report, WorkerResult
+from .report import (
+    backend_summary,
+    candidate,
+    compare_clips,
+    find_measurement,
+    now_utc,
+    per_backend_options,
+    report_options,
+)
+from .worker import WorkerSpec, run_worker
 
-DEFAULT_THREADS = 2
+log = logging.getLogger("max_whisper.bench")
 
-
-def default_audio() -> Path:
-    """``config.DEMO_AUDIO``, or the shared JFK clip when the demo clip is missing."""
-    if Path(DEMO_AUDIO).is_file():
-        return Path(DEMO_AUDIO)
-    jfk = Path(SHARED_AUDIO_DIR) / "jfk.flac"
-    return jfk if jfk.is_file() else Path(DEMO_AUDIO)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``max-whisper demo`` options."""
-    parser.add_argument("--audio", default=None, metavar="FILE",
-                        help="clip to transcribe; None: audio_samples/demo.wav")
-    parser.add_argument("--backends", default=",".join(BACKENDS), metavar="LIST",
-                        help="comma-separated backends to show")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name or checkpoint path")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="CPU threads for every backend")
-    parser.add_argument("--beam-size", type=int, default=None, help="beam search with this many beams; None: greedy")
-    parser.add_argument("--language", default="en", help="spoken language")
-    parser.add_argument("--width", type=int, default=None, help="transcript column width; None: fit the terminal")
+RunWorker = Callable[[WorkerSpec, float | None], WorkerResult]
 
 
-def _one_line(text: Any) -> str:
-    return " ".join(str(text).split())
+def _spec(
+    options: BenchmarkOptions, backend: str, audio: list[str], *, runs: int, warmup: int, modes=None
+) -> WorkerSpec:
+    return WorkerSpec(
+        backend=backend,
+        model=options.model,
+        threads=options.threads,
+        audio=audio,
+        modes=list(modes if modes is not None else options.modes),
+        runs=runs,
+        warmup=warmup,
+        language=options.language,
+        condition_on_previous_text=options.condition_on_previous_text,
+        backend_options=dict(options.backend_options.get(backend, {})),
+    )
 
 
-def run_backend(name: str, audio: Any, duration: float, args: argparse.Namespace) -> Dict[str, Any]:
-    """Create ``name``, transcribe ``audio`` once; a row for the table (never raises for backend trouble)."""
-    from ..backends import create_backend
-    from ..decoding import transcribe
-    from .metrics import result_tokens
-
-    row: Dict[str, Any] = {"backend": name, "status": "ok", "reason": None, "load_s": None, "compile_s": None,
-                           "time_s": None, "rtf": None, "text": None, "tokens": None}
-    print(f"[demo] {name}: loading {args.model}", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    try:
-        backend = create_backend(name, args.model, threads=args.threads)
-    except BackendUnavailableError as exc:
-        return {**row, "status": "unavailable", "reason": _one_line(exc)}
-    except ModuleNotFoundError as exc:
-        return {**row, "status": "unavailable", "reason": _one_line(f"cannot import the {name} backend: {exc}")}
-    except Exception as exc:  # noqa: BLE001 - a broken backend must not stop the demo
-        traceback.print_exc(file=sys.stderr)
-        return {**row, "status": "error", "reason": _one_line(f"{type(exc).__name__}: {exc}")}
-    init = time.perf_counter() - start
-    row["compile_s"] = backend.timer.seconds.get("compile")
-    row["load_s"] = backend.timer.seconds.get("load", init - (row["compile_s"] or 0.0))
-    options: Dict[str, Any] = {"temperature": 0.0, "language": args.language, "verbose": None}
-    if args.beam_size:
-        options["beam_size"] = args.beam_size
-    print(f"[demo] {name}: transcribing", file=sys.stderr, flush=True)
-    try:
-        start = time.perf_counter()
-        result = transcribe(backend, audio, **options)
-        elapsed = time.perf_counter() - start
-    except Exception as exc:  # noqa: BLE001
-        traceback.print_exc(file=sys.stderr)
-        return {**row, "status": "error", "reason": _one_line(f"{type(exc).__name__}: {exc}")}
-    row.update(time_s=elapsed, rtf=elapsed / duration if duration else None,
-               text=result.get("text", "").strip(), tokens=result_tokens(result))
-    return row
+def log_results(report: Report) -> None:
+    """One structured record per clip result (``BenchmarkLogger``)."""
+    records = BenchmarkLogger(log)
+    for clip in report.compare_clips():
+        for r in clip.results:
+            if r.status == "ok" and r.timings and r.timings.total:
+                records.log_benchmark_result(
+                    implementation=r.backend,
+                    execution_time=r.timings.total.median,
+                    result_text=r.text or "",
+                    audio=clip.file,
+                    mode=r.mode,
+                    audio_seconds=clip.duration_s,
+                    real_time_factor=r.real_time_factor,
+                    valid=r.valid,
+                    speedup=r.speedup,
+                )
 
 
-def run_from_args(args: argparse.Namespace, console: Any = None) -> int:
-    from rich.markup import escape
-    from rich.table import Table
+def run_compare(options: BenchmarkOptions, run: RunWorker = run_worker) -> Report:
+    """Every backend over the clips in every mode, judged against cpu."""
+    audio = [str(a) for a in options.audio]
+    log.info(
+        "clips: %s; backends: %s; modes: %s; %d timed run(s) after %d warm-up, %d threads, language %s",
+        ", ".join(Path(a).name for a in audio),
+        ", ".join(options.backends),
+        "; ".join(m.describe() for m in options.modes),
+        options.runs,
+        options.warmup,
+        options.threads,
+        options.language,
+    )
+    results = []
+    for name in options.backends:
+        result = run(_spec(options, name, audio, runs=options.runs, warmup=options.warmup), options.timeout)
+        if result.status != "ok":
+            BenchmarkLogger(log).log_error(name, result.reason or result.status, status=result.status)
+        results.append(result)
+    verdict = judge(
+        [candidate(r, a, m.name) for a in audio for m in options.modes for r in results], options.tolerances
+    )
+    extra = per_backend_options(options)
+    report = Report(
+        schema=SCHEMA_ID,
+        kind="compare",
+        created_utc=now_utc(),
+        options=report_options(options, options.modes, runs=options.runs, warmup=options.warmup),
+        environment=environment(),
+        backends=[backend_summary(r, extra[r.backend]) for r in results],
+        clips=compare_clips(audio, options.modes, results, verdict),
+    )
+    log_results(report)
+    return report
 
+
+def run_manifest(options: BenchmarkOptions, run: RunWorker = run_worker) -> Report:
+    """One backend over every clip of the manifest, one timed run each, the first mode; WER per group."""
+    name, mode = options.backends[0], options.modes[0]
+    manifest = Path(options.manifest)
+    rows = read_manifest(manifest)
+    if not rows:
+        raise UsageError(f"{manifest}: the manifest lists no clips")
+    missing = [r.path for r in rows if not r.path.is_file()]
+    if missing:
+        raise MaxWhisperError(f"{missing[0]}: no such audio file (listed in {manifest})")
+    log.info("manifest %s: %d clips through %s (%s)", manifest, len(rows), name, mode.describe())
+    result = run(_spec(options, name, [str(r.path) for r in rows], runs=1, warmup=0, modes=[mode]), options.timeout)
+    clips = []
+    for row in rows:
+        m = find_measurement(result, str(row.path), mode.name)
+        ok = result.status == "ok" and m is not None and m.status == "ok"
+        text = m.text if ok else None
+        clips.append(
+            ManifestClip(
+                file=row.file,
+                audio=str(row.path),
+                group=row.group,
+                status="ok" if ok else "error",
+                reason=None if ok else ((m.reason if m else None) or result.reason),
+                duration_s=(m.duration_s if m else None) or row.duration_s,
+                total_s=m.runs[0].total if ok else None,
+                reference_text=row.reference_transcript,
+                text=text,
+                wer=wer(row.reference_transcript, text) if (ok and row.reference_transcript) else None,
+            )
+        )
+    groups, overall = summarize_manifest(clips)
+    return Report(
+        schema=SCHEMA_ID,
+        kind="manifest",
+        created_utc=now_utc(),
+        options=report_options(options, [mode], runs=1, warmup=0),
+        environment=environment(),
+        backends=[backend_summary(result, per_backend_options(options)[name])],
+        clips=clips,
+        groups=groups,
+        overall=overall,
+    )
+
+
+# --------------------------------------------------------------------------- the demo: in process
+
+
+@dataclass
+class DemoRow:
+    """One backend in the demo: its single run, and the gate's word on it."""
+
+    result: WorkerResult
+    measurement: Measurement | None
+    same_as_reference: bool | None
+
+
+def _in_process(options: DemoOptions, name: str, audio, duration: float) -> WorkerResult:
+    from whisper.tokenizer import get_tokenizer
+
+    from .runner import backend_attempt, backend_facts, measure, open_backend
+
+    path = str(options.audio)
+    log.info("%s: loading %s", name, options.model)
+    if name == PEER:
+        from .peer import EOT, Peer, unavailable_reason
+
+        reason = unavailable_reason(options.model)
+        if reason:
+            return WorkerResult(name, "unavailable", reason)
+        peer = Peer(options.threads)
+        m = measure(
+            name,
+            path,
+            duration,
+            options.mode,
+            peer.attempt(audio, options.mode, options.language),
+            warmup=0,
+            runs=1,
+            eot=EOT,
+        )
+        facts, load_s, compile_s = peer.facts(), peer.load_s, None
+    else:
+        try:
+            loaded = open_backend(name, options.model, options.threads, {})
+        except BackendUnavailableError as exc:
+            return WorkerResult(name, "unavailable", one_line(exc))
+        except ModuleNotFoundError as exc:
+            return WorkerResult(name, "unavailable", one_line(f"cannot import the {name} backend: {exc}"))
+        backend = loaded.backend
+        eot = get_tokenizer(backend.is_multilingual, num_languages=backend.num_languages).eot
+        m = measure(
+            name,
+            path,
+            duration,
+            options.mode,
+            backend_attempt(backend, audio, options.mode, options.language),
+            warmup=0,
+            runs=1,
+            eot=eot,
+        )
+        facts, load_s, compile_s = backend_facts(backend), loaded.load_s, loaded.compile_s
+    return WorkerResult(
+        name,
+        "ok",
+        description=facts.description,
+        device=facts.device,
+        dtype=facts.dtype,
+        gpu_memory_mb=facts.gpu_memory_mb,
+        load_s=load_s,
+        compile_s=compile_s,
+        measurements=[m],
+    )
+
+
+@dataclass
+class DemoRun:
+    duration_s: float
+    rows: list[DemoRow]
+
+
+def run_in_process(options: DemoOptions) -> DemoRun:
+    """The demo: one clip through every backend in this process, each once, judged against cpu."""
     from ..audio import audio_duration, load_audio
-    from .command import find_reference
-    from .metrics import wer
+    from .config import Tolerances
 
-    from .render import make_console
-
-    console = make_console(console)
-    names: List[str] = []
-    for part in (args.backends or "").split(","):
-        part = part.strip().lower()
-        if not part:
-            continue
-        if part not in BACKENDS:
-            raise MaxWhisperError(f"unknown backend {part!r}; choose from {', '.join(BACKENDS)}")
-        if part not in names:
-            names.append(part)
-    path = Path(args.audio) if args.audio else default_audio()
-    audio = load_audio(path)
+    audio = load_audio(options.audio)
     duration = audio_duration(audio)
-    reference, _ = find_reference(path)
-
-    rows = [run_backend(name, audio, duration, args) for name in names]
-    cpu = next((r for r in rows if r["backend"] == "cpu" and r["status"] == "ok"), None)
-
-    table = Table(title=escape(f"{path.name}: {duration:.1f} s of audio · {args.model} · {args.threads} threads · "
-                               f"{'beam ' + str(args.beam_size) if args.beam_size else 'greedy'}"),
-                  title_justify="left", show_lines=True)
-    table.add_column("backend", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("load s", justify="right", no_wrap=True)
-    table.add_column("time s", justify="right", no_wrap=True)
-    table.add_column("RTF", justify="right", no_wrap=True)
-    if reference:
-        table.add_column("WER", justify="right", no_wrap=True)
-    table.add_column("same as cpu", no_wrap=True)
-    table.add_column("text", ratio=1, min_width=20, max_width=args.width)
-    for r in rows:
-        if r["status"] != "ok":
-            cells = [escape(r["backend"]), f"[yellow]{escape(r['status'])}[/yellow]", "–", "–", "–"]
-            if reference:
-                cells.append("–")
-            cells += ["–", f"[dim]{escape(r['reason'] or '')}[/dim]"]
-            table.add_row(*cells)
-            continue
-        load = (r["load_s"] or 0.0) + (r["compile_s"] or 0.0)
-        if cpu is None or r is cpu:
-            same = "reference" if r is cpu else "?"
-        else:
-            same = "[green]yes[/green]" if r["tokens"] == cpu["tokens"] else "[red]no[/red]"
-        cells = [escape(r["backend"]), "[green]ok[/green]", f"{load:.2f}", f"{r['time_s']:.2f}",
-                 f"{r['rtf']:.3f}" if r["rtf"] is not None else "–"]
-        if reference:
-            score = wer(reference, r["text"] or "")
-            cells.append(f"{100 * score:.1f} %" if score is not None else "–")
-        cells += [same, escape(r["text"] or "")]
-        table.add_row(*cells)
-    console.print(table)
-    console.print("[dim]load s includes graph compilation (max); time s is one transcription, no warm-up: "
-                  "use 'max-whisper benchmark' for timings to quote.[/dim]")
-    if "cpu" in names:
-        return 0 if cpu is not None else 1
-    return 0 if any(r["status"] == "ok" for r in rows) else 1
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="max-whisper demo", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(parser)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        code = run_from_args(args)
-    except MaxWhisperError as exc:
-        print(f"max-whisper demo: error: {exc}", file=sys.stderr)
-        code = exc.exit_code
-    raise SystemExit(code)
-
-
-if __name__ == "__main__":
-    main()
+    results = []
+    for name in options.backends:
+        try:
+            results.append(_in_process(options, name, audio, duration))
+        except Exception as exc:  # noqa: BLE001 - a broken backend must not stop the demo
+            log.debug("%s failed", name, exc_info=True)
+            results.append(WorkerResult(name, "error", describe(exc)))
+    path = str(options.audio)
+    verdict: Verdict = judge([candidate(r, path, options.mode.name) for r in results], Tolerances())
+    rows = []
+    for r in results:
+        j = verdict.get(path, options.mode.name, r.backend)
+        rows.append(
+            DemoRow(r, find_measurement(r, path, options.mode.name), j.matches_reference_backend if j else None)
+        )
+    return DemoRun(duration, rows)

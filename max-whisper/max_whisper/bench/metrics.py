@@ -1,26 +1,23 @@
-"""Accuracy measures used by the benchmark: normalized WER and token-level differences.
+"""Accuracy measures: normalized WER and token-level differences, both through ``jiwer``.
 
 * :func:`wer` scores hypotheses against references the way the Whisper paper
   and ``../shared/audio`` do: openai-whisper's ``EnglishTextNormalizer`` on both
   sides, then ``jiwer.wer`` over the whole list (errors summed over clips,
   divided by the total number of reference words).
-* :func:`token_diff` compares two token-id sequences (for example the ``cpu``
-  backend's and another backend's) by Levenshtein distance.
+* :func:`token_diff` compares two token-id sequences (the ``cpu`` backend's and
+  another backend's) by their edit distance: ``jiwer.process_words`` over the
+  ids written as words.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any
 
-__all__ = [
-    "normalize",
-    "wer",
-    "edit_distance",
-    "token_diff",
-    "result_tokens",
-    "text_tokens",
-]
+from .records import TokenDiff
+
+__all__ = ["normalize", "wer", "edit_distance", "token_diff", "result_tokens", "text_tokens"]
 
 
 @lru_cache(maxsize=1)
@@ -35,7 +32,7 @@ def normalize(text: str) -> str:
     return _normalizer()(text or "")
 
 
-def wer(references: Union[str, Sequence[str]], hypotheses: Union[str, Sequence[str]]) -> Optional[float]:
+def wer(references: str | Sequence[str], hypotheses: str | Sequence[str]) -> float | None:
     """Word error rate of ``hypotheses`` against ``references`` after normalization.
 
     Accepts one string each or two equal-length lists; a list is scored as one
@@ -51,78 +48,63 @@ def wer(references: Union[str, Sequence[str]], hypotheses: Union[str, Sequence[s
         hypotheses = [hypotheses]
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    refs: List[str] = []
-    hyps: List[str] = []
-    for ref, hyp in zip(references, hypotheses):
-        ref_n = normalize(ref)
-        if not ref_n.split():
-            continue
-        refs.append(ref_n)
-        hyps.append(normalize(hyp))
-    if not refs:
+    pairs = [(normalize(r), normalize(h)) for r, h in zip(references, hypotheses, strict=True)]
+    pairs = [(r, h) for r, h in pairs if r.split()]
+    if not pairs:
         return None
-    return float(jiwer.wer(refs, hyps))
+    return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
 
 
-def edit_distance(a: Sequence[Any], b: Sequence[Any]) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions) between two sequences."""
-    try:
-        from rapidfuzz.distance import Levenshtein
+def _edits(reference: Sequence[Any], hypothesis: Sequence[Any]) -> tuple[int, int | None]:
+    """(edit distance, index in ``reference`` of the first difference) of two sequences."""
+    if not reference:
+        return len(hypothesis), (0 if hypothesis else None)
+    import jiwer
 
-        return int(Levenshtein.distance(list(a), list(b)))
-    except ImportError:  # pragma: no cover - rapidfuzz comes with jiwer
-        pass
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
+    out = jiwer.process_words(" ".join(map(str, reference)), " ".join(map(str, hypothesis)))
+    distance = out.substitutions + out.deletions + out.insertions
+    first = next((chunk.ref_start_idx for chunk in out.alignments[0] if chunk.type != "equal"), None)
+    return distance, first
 
 
-def _first_difference(a: Sequence[Any], b: Sequence[Any]) -> Optional[int]:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
+def edit_distance(reference: Sequence[Any], hypothesis: Sequence[Any]) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions) between two sequences of ids."""
+    return _edits(reference, hypothesis)[0]
 
 
-def token_diff(reference: Sequence[int], hypothesis: Sequence[int]) -> Dict[str, Any]:
+def token_diff(
+    reference: Sequence[int],
+    hypothesis: Sequence[int],
+    *,
+    reference_backend: str = "cpu",
+    word_difference: float | None = None,
+) -> TokenDiff:
     """How far ``hypothesis`` is from ``reference``, token by token.
 
     ``token_error_rate`` is the edit distance divided by the reference length
-    (0.0 for identical lists; when the reference is empty, 0.0 if the
-    hypothesis is empty too, else 1.0).
+    (when the reference is empty: 0.0 if the hypothesis is empty too, else 1.0).
     """
-    reference = list(reference)
-    hypothesis = list(hypothesis)
-    distance = edit_distance(reference, hypothesis)
-    if reference:
-        rate = distance / len(reference)
-    else:
-        rate = 0.0 if not hypothesis else 1.0
-    return {
-        "edit_distance": distance,
-        "reference_tokens": len(reference),
-        "hypothesis_tokens": len(hypothesis),
-        "token_error_rate": rate,
-        "first_difference": _first_difference(reference, hypothesis),
-        "identical": reference == hypothesis,
-    }
+    reference, hypothesis = list(reference), list(hypothesis)
+    distance, first = _edits(reference, hypothesis)
+    rate = distance / len(reference) if reference else (0.0 if not hypothesis else 1.0)
+    return TokenDiff(
+        reference_backend=reference_backend,
+        edit_distance=distance,
+        reference_tokens=len(reference),
+        hypothesis_tokens=len(hypothesis),
+        token_error_rate=rate,
+        first_difference=first,
+        identical=reference == hypothesis,
+        word_difference=word_difference,
+    )
 
 
-def result_tokens(result: Mapping[str, Any]) -> List[int]:
+def result_tokens(result: Mapping[str, Any]) -> list[int]:
     """Every token of a whisper result's segments, in order (text and timestamp tokens)."""
-    tokens: List[int] = []
-    for segment in result.get("segments") or ():
-        tokens.extend(int(t) for t in segment.get("tokens") or ())
-    return tokens
+    return [int(t) for segment in result.get("segments") or () for t in segment.get("tokens") or ()]
 
 
-def text_tokens(tokens: Iterable[int], eot: int = 50256) -> List[int]:
+def text_tokens(tokens: Iterable[int], eot: int = 50256) -> list[int]:
     """The text tokens of ``tokens``: those below end-of-text (timestamps and specials removed).
 
     ``50256`` is end-of-text for the English-only (``*.en``) vocabulary; pass

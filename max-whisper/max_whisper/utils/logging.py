@@ -20,18 +20,17 @@ import json
 import logging
 import sys
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional, TextIO, Union
+from typing import Any, TextIO
 
 __all__ = ["JSONFormatter", "HumanFormatter", "setup_logger", "BenchmarkLogger", "extra_fields"]
 
 #: Attributes every ``logging.LogRecord`` has; anything else on a record came from ``extra=``.
 _RECORD_ATTRIBUTES = frozenset(
-    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
-    | {"message", "asctime", "taskName"}
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys() | {"message", "asctime", "taskName"}
 )
 
 
-def extra_fields(record: logging.LogRecord) -> Dict[str, Any]:
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The fields a caller attached to ``record`` with ``extra=``."""
     return {key: value for key, value in record.__dict__.items() if key not in _RECORD_ATTRIBUTES}
 
@@ -54,7 +53,7 @@ class JSONFormatter(logging.Formatter):
     """Formats each record as one line of JSON."""
 
     def format(self, record: logging.LogRecord) -> str:
-        payload: Dict[str, Any] = {
+        payload: dict[str, Any] = {
             "timestamp": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
@@ -112,8 +111,8 @@ _HANDLER_MARK = "_max_whisper_handler"
 def setup_logger(
     name: str,
     json_output: bool = False,
-    level: Union[int, str] = logging.INFO,
-    stream: Optional[TextIO] = None,
+    level: int | str = logging.INFO,
+    stream: TextIO | None = None,
 ) -> logging.Logger:
     """Configure and return the logger ``name``.
 
@@ -144,26 +143,26 @@ def setup_logger(
 class BenchmarkLogger:
     """Structured records for benchmark results and failures, on top of a ``logging.Logger``."""
 
-    def __init__(self, logger: Union[logging.Logger, str, None] = None) -> None:
+    def __init__(self, logger: logging.Logger | str | None = None) -> None:
         if logger is None or isinstance(logger, str):
-            logger = setup_logger(logger or "max_whisper.bench.command")
+            logger = setup_logger(logger or "max_whisper.bench")
         self.logger = logger
 
     @staticmethod
-    def _safe(fields: Dict[str, Any]) -> Dict[str, Any]:
+    def _safe(fields: dict[str, Any]) -> dict[str, Any]:
         """Rename keys that would clash with ``LogRecord`` attributes (``name``, ``message`` ...)."""
         return {(f"metric_{key}" if key in _RECORD_ATTRIBUTES else key): value for key, value in fields.items()}
 
     def log_benchmark_result(
         self, implementation: str, execution_time: float, result_text: str = "", **metrics: Any
-    ) -> Dict[str, Any]:
+    ) -> dict[str, Any]:
         """Log one result at INFO; returns the structured fields it logged.
 
         ``metrics`` are any further measurements (``audio_seconds``,
         ``real_time_factor``, ``wer``, ``peak_memory_mb`` ...), logged as
         top-level fields.
         """
-        fields: Dict[str, Any] = {
+        fields: dict[str, Any] = {
             "event": "benchmark_result",
             "implementation": implementation,
             "execution_time": float(execution_time),
@@ -172,14 +171,17 @@ class BenchmarkLogger:
         }
         fields.update(self._safe(metrics))
         self.logger.info(
-            "%s: %.3f s, %d characters", implementation, fields["execution_time"], fields["result_length"],
+            "%s: %.3f s, %d characters",
+            implementation,
+            fields["execution_time"],
+            fields["result_length"],
             extra=fields,
         )
         return fields
 
-    def log_error(self, implementation: str, error: Union[BaseException, str], **context: Any) -> Dict[str, Any]:
+    def log_error(self, implementation: str, error: BaseException | str, **context: Any) -> dict[str, Any]:
         """Log a failed run at ERROR; returns the structured fields it logged."""
-        fields: Dict[str, Any] = {
+        fields: dict[str, Any] = {
             "event": "benchmark_error",
             "implementation": implementation,
             "error_type": type(error).__name__ if isinstance(error, BaseException) else "Error",
