@@ -17,7 +17,7 @@ VENV        ?= .venv
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.max-whisper-installed
 CONSTRAINTS := constraints.txt
-EXTRAS      ?= max,bench,test
+EXTRAS      ?= max,bench,test,ray,lint
 
 DEMO_AUDIO  := audio_samples/demo.wav
 AUDIO       ?= $(DEMO_AUDIO)
@@ -30,7 +30,7 @@ PYTEST_ARGS ?=
 
 MAX_WHISPER := $(BIN)/max-whisper
 
-.PHONY: help install transcribe graph-test test test-cpu test-gpu test-max demo benchmark \
+.PHONY: help install transcribe graph-test lint test test-cpu test-gpu test-max demo benchmark \
         benchmark-json benchmark-save clean distclean
 
 help: ## list the targets
@@ -51,6 +51,10 @@ transcribe: $(STAMP) ## transcribe $(AUDIO) (default: the demo clip) with the em
 
 graph-test: $(STAMP) ## MAX Graph sanity check: layer_norm -> matmul -> gelu compared with NumPy
 	$(BIN)/python benchmarks/graph_test.py
+
+lint: $(STAMP) ## ruff: lint and format check (configured in pyproject.toml)
+	$(BIN)/ruff check max-whisper tests benchmarks
+	$(BIN)/ruff format --check max-whisper tests benchmarks
 
 test: $(STAMP) ## run the test suite (pytest)
 	$(BIN)/python -m pytest -q tests/ $(PYTEST_ARGS)
