@@ -1,7 +1,13 @@
-"""Shared fixtures: the converted tiny.en checkpoint (built once per session), isolated caches, audio."""
+"""Shared fixtures: the converted tiny.en checkpoint (built once per session), isolated caches, audio.
+
+The real-speech clips live outside the checkout (``../shared/audio``, or ``$MAX_WHISPER_SHARED_AUDIO``).
+A test that needs one asks :func:`shared_clip` for it: where the clips are missing it is skipped on a
+developer's machine and fails under ``CI=true``, so CI never passes without running it.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +17,17 @@ import pytest
 from max_whisper.config import SHARED_AUDIO_DIR
 
 MODEL_DIR_ENV = "MAX_WHISPER_MODEL_DIR"
+
+
+def shared_clip(name: str) -> Path:
+    """The shared file ``name`` (e.g. ``jfk.flac``); skips the test without it, or fails it under CI=true."""
+    path = SHARED_AUDIO_DIR / name
+    if not path.is_file():
+        message = f"shared clip {path} not found"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message} (CI=true: the shared clips are required)", pytrace=False)
+        pytest.skip(message)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -43,12 +60,10 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def jfk_audio() -> np.ndarray:
-    """The 11-s JFK clip as float32 mono at 16 kHz (skips if the shared audio is absent)."""
+    """The 11-s JFK clip as float32 mono at 16 kHz (see :func:`shared_clip`)."""
     import soundfile
 
-    path = SHARED_AUDIO_DIR / "jfk.flac"
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
+    path = shared_clip("jfk.flac")
     audio, rate = soundfile.read(path, dtype="float32", always_2d=False)
     assert rate == 16000 and audio.ndim == 1
     return audio
@@ -119,7 +134,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                 note = "[random, seeds printed with -v]" if "seed" in note else note
                 entry = worst.setdefault(key, [err, bound, note, 0])
                 entry[0], entry[3] = max(entry[0], err), entry[3] + 1
-            rows = [(f"{key} (x{n})" if n > 1 else key, err, bound, note) for key, (err, bound, note, n) in worst.items()]
+            rows = [
+                (f"{key} (x{n})" if n > 1 else key, err, bound, note) for key, (err, bound, note, n) in worst.items()
+            ]
         terminalreporter.section("max backend parity: relative error = max|max - torch| / max|torch|")
         width = max(len(name) for name, *_ in rows)
         for name, err, bound, note in rows:

@@ -1,6 +1,6 @@
 """Helpers for ``test_robustness.py``: text checks, measured subprocesses, the long-audio builder.
 
-Kept out of the test module so that the test file reads as the list of cases of issue 5.
+Kept out of the test module so that the test file reads as the list of robustness cases.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
-from max_whisper.config import SHARED_AUDIO_DIR
 from max_whisper.bench.metrics import normalize
+from max_whisper.config import SHARED_AUDIO_DIR
 
 SAMPLE_RATE = 16000
 JFK = SHARED_AUDIO_DIR / "jfk.flac"
@@ -32,7 +33,7 @@ JFK_TEXT = (
 
 #: The CLI's decoding defaults (whisper's CLI: beam search 5, temperature 0 with fallback steps of 0.2, the
 #: compression-ratio, log-prob and no-speech thresholds), as ``max_whisper.decoding.transcribe`` options.
-CLI_DEFAULTS: Dict[str, Any] = {
+CLI_DEFAULTS: dict[str, Any] = {
     "language": "en",
     "temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
     "beam_size": 5,
@@ -51,7 +52,7 @@ GREEDY_FLAGS = ["--beam-size", "None", "--temperature-increment-on-fallback", "N
 # --------------------------------------------------------------------------- text
 
 
-def words(text: str) -> List[str]:
+def words(text: str) -> list[str]:
     """openai-whisper's English normalization, split into words (punctuation-only text has none)."""
     return normalize(text).split()
 
@@ -92,12 +93,12 @@ def fraction_of_words_found(reference: str, hypothesis: str) -> float:
 # --------------------------------------------------------------------------- subprocesses
 
 
-def python_cli(*args: Any) -> List[str]:
+def python_cli(*args: Any) -> list[str]:
     """``python -m max_whisper ARGS`` with this interpreter."""
     return [sys.executable, "-m", "max_whisper", *(str(a) for a in args)]
 
 
-def error_lines(stderr: str) -> List[str]:
+def error_lines(stderr: str) -> list[str]:
     """Non-blank lines of stderr, without tqdm's progress bar refreshes (they end with \\r)."""
     lines = []
     for raw in stderr.splitlines():
@@ -130,9 +131,7 @@ _LAUNCHER = (
 )
 
 
-def run_measured(
-    cmd: Sequence[str], tmp_dir: Path, timeout: float, env: Optional[Mapping[str, str]] = None
-) -> Measured:
+def run_measured(cmd: Sequence[str], tmp_dir: Path, timeout: float, env: Mapping[str, str] | None = None) -> Measured:
     """Run ``cmd`` with stdout/stderr in files and measure its own peak RSS (through a small launcher)."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     out_path, err_path, rss_path = tmp_dir / "stdout.txt", tmp_dir / "stderr.txt", tmp_dir / "maxrss.txt"
@@ -141,7 +140,10 @@ def run_measured(
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-c", _LAUNCHER, str(rss_path), *cmd],
-            stdout=out, stderr=err, env=None if env is None else dict(env), start_new_session=True,
+            stdout=out,
+            stderr=err,
+            env=None if env is None else dict(env),
+            start_new_session=True,
         )
 
         def kill() -> None:
@@ -170,7 +172,7 @@ class StreamWatcher:
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
-        self.chunks: Dict[str, List[str]] = {"stdout": [], "stderr": []}
+        self.chunks: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._pump, args=(name, getattr(proc, name)), daemon=True)
@@ -191,7 +193,7 @@ class StreamWatcher:
         with self._lock:
             return "".join(self.chunks[name])
 
-    def wait_for(self, predicate: Callable[["StreamWatcher"], bool], timeout: float) -> bool:
+    def wait_for(self, predicate: Callable[[StreamWatcher], bool], timeout: float) -> bool:
         """Poll until ``predicate(self)`` or the process ends or ``timeout`` passes; True when it held."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -217,10 +219,12 @@ def interrupt(proc: subprocess.Popen) -> None:
 # --------------------------------------------------------------------------- long audio
 
 
-def lj_clips() -> List[tuple[Path, str]]:
+def lj_clips() -> list[tuple[Path, str]]:
     """The 32 LJ Speech clips in order, with their reference sentences (from the shared manifest)."""
+    from conftest import shared_clip
+
     clips = []
-    with open(MANIFEST, encoding="utf-8", newline="") as f:
+    with open(shared_clip(MANIFEST.name), encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
             if row["file"].startswith("ljspeech_LJ001-"):
                 clips.append((SHARED_AUDIO_DIR / row["file"], row["reference_transcript"]))
@@ -233,7 +237,7 @@ class LongAudio:
 
     path: Path
     seconds: float
-    sentences: List[str] = field(default_factory=list)
+    sentences: list[str] = field(default_factory=list)
 
 
 def build_long_audio(path: Path, target_seconds: float, gaps: Sequence[float] = (0.3, 0.6, 1.0, 0.45)) -> LongAudio:
@@ -264,8 +268,8 @@ def build_long_audio(path: Path, target_seconds: float, gaps: Sequence[float] = 
 
 @dataclass
 class SentenceMatch:
-    found: List[bool]
-    share: List[float]
+    found: list[bool]
+    share: list[float]
 
     @property
     def found_fraction(self) -> float:
@@ -285,7 +289,7 @@ def match_sentences_in_order(sentences: Sequence[str], transcript: str, min_shar
     order is checked) and call a sentence found when ``min_share`` of its words align as hits."""
     import jiwer
 
-    ref_words: List[str] = []
+    ref_words: list[str] = []
     spans = []
     for sentence in sentences:
         w = words(sentence)

@@ -25,13 +25,15 @@ long-form LJ (231 s)   5.05 %     28 errors / 554 words; worst sentence 78.6 % m
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any
 
 import pytest
 
-from max_whisper.config import SHARED_AUDIO_DIR
+from conftest import shared_clip
 from max_whisper.bench.metrics import normalize, wer
+from max_whisper.config import SHARED_AUDIO_DIR
 
 # -- bounds (measured, see the module docstring) --------------------------------------------------------
 
@@ -62,46 +64,50 @@ LONGFORM_SEGMENTS = SHARED_AUDIO_DIR / "longform_ljspeech_LJ001-0001_to_0032.seg
 JFK = "jfk.flac"
 
 #: FACTS.md's reference decoding: greedy, temperature 0 without fallback, English, fp32.
-DECODE_OPTIONS: Dict[str, Any] = {"language": "en", "temperature": 0.0, "beam_size": None}
-
-pytestmark = pytest.mark.skipif(not MANIFEST.is_file(), reason=f"{MANIFEST} not available")
+DECODE_OPTIONS: dict[str, Any] = {"language": "en", "temperature": 0.0, "beam_size": None}
 
 
-def _read_tsv(path: Path) -> List[Dict[str, str]]:
+@pytest.fixture(autouse=True, scope="module")
+def _shared_clips() -> None:
+    """Every test here reads the shared manifest: skipped without it, failed under CI=true."""
+    shared_clip(MANIFEST.name)
+
+
+def _read_tsv(path: Path) -> list[dict[str, str]]:
     """A tab-separated file with a header row and no quoting (quotes inside fields are text)."""
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
 @pytest.fixture(scope="module")
-def references() -> Dict[str, str]:
+def references() -> dict[str, str]:
     """file name -> reference transcript, from manifest.tsv."""
     return {row["file"]: row["reference_transcript"] for row in _read_tsv(MANIFEST)}
 
 
 @pytest.fixture(scope="module")
-def librispeech_files(references: Dict[str, str]) -> List[str]:
+def librispeech_files(references: dict[str, str]) -> list[str]:
     files = sorted(name for name in references if name.startswith("librispeech_") and name.endswith(".flac"))
     assert len(files) == 9, files
     return files
 
 
 @pytest.fixture(scope="module")
-def longform_sentences() -> List[Dict[str, str]]:
+def longform_sentences() -> list[dict[str, str]]:
     rows = _read_tsv(LONGFORM_SEGMENTS)
     assert len(rows) == 32
     return rows
 
 
 @pytest.fixture(scope="module")
-def transcript(cpu_backend: Any) -> Callable[[str], Dict[str, Any]]:
+def transcript(cpu_backend: Any) -> Callable[[str], dict[str, Any]]:
     """``transcript(file_name)`` -> whisper's result dict; each clip is transcribed once per module."""
     from max_whisper.audio import load_audio
     from max_whisper.decoding import transcribe
 
-    cache: Dict[str, Dict[str, Any]] = {}
+    cache: dict[str, dict[str, Any]] = {}
 
-    def get(name: str) -> Dict[str, Any]:
+    def get(name: str) -> dict[str, Any]:
         if name not in cache:
             audio = load_audio(SHARED_AUDIO_DIR / name)
             cache[name] = transcribe(cpu_backend, audio, **DECODE_OPTIONS)
@@ -114,13 +120,13 @@ def transcript(cpu_backend: Any) -> Callable[[str], Dict[str, Any]]:
 
 
 def test_librispeech_group_wer(
-    transcript: Callable[[str], Dict[str, Any]], references: Dict[str, str], librispeech_files: List[str]
+    transcript: Callable[[str], dict[str, Any]], references: dict[str, str], librispeech_files: list[str]
 ) -> None:
     refs = [references[name] for name in librispeech_files]
     hyps = [transcript(name)["text"] for name in librispeech_files]
     score = wer(refs, hyps)
     assert score is not None
-    per_clip = {name: round(wer(ref, hyp), 3) for name, ref, hyp in zip(librispeech_files, refs, hyps)}
+    per_clip = {name: round(wer(ref, hyp), 3) for name, ref, hyp in zip(librispeech_files, refs, hyps, strict=True)}
     assert score <= LIBRISPEECH_WER_BOUND, f"LibriSpeech WER {score:.2%} > {LIBRISPEECH_WER_BOUND:.0%}: {per_clip}"
     worst = max(per_clip, key=per_clip.get)
     assert per_clip[worst] <= LIBRISPEECH_CLIP_WER_BOUND, (
@@ -132,7 +138,7 @@ def test_librispeech_group_wer(
 # -- JFK ------------------------------------------------------------------------------------------------
 
 
-def test_jfk_exact_after_normalization(transcript: Callable[[str], Dict[str, Any]], references: Dict[str, str]) -> None:
+def test_jfk_exact_after_normalization(transcript: Callable[[str], dict[str, Any]], references: dict[str, str]) -> None:
     hyp = transcript(JFK)["text"]
     assert normalize(hyp) == normalize(references[JFK]), hyp
     assert wer(references[JFK], hyp) == 0.0
@@ -141,13 +147,13 @@ def test_jfk_exact_after_normalization(transcript: Callable[[str], Dict[str, Any
 # -- long form ------------------------------------------------------------------------------------------
 
 
-def _word_alignment(sentences: List[str], hypothesis: str) -> List[float]:
+def _word_alignment(sentences: list[str], hypothesis: str) -> list[float]:
     """For each reference sentence, the share of its normalized words matched exactly ("equal") in
     jiwer's word alignment of the whole normalized hypothesis against all sentences joined."""
     import jiwer
 
-    words: List[str] = []
-    owner: List[int] = []
+    words: list[str] = []
+    owner: list[int] = []
     for i, sentence in enumerate(sentences):
         sentence_words = normalize(sentence).split()
         assert sentence_words, f"sentence {i} normalizes to nothing: {sentence!r}"
@@ -164,14 +170,14 @@ def _word_alignment(sentences: List[str], hypothesis: str) -> List[float]:
     for k, i in enumerate(owner):
         totals[i] += 1
         hits[i] += matched[k]
-    return [h / t for h, t in zip(hits, totals)]
+    return [h / t for h, t in zip(hits, totals, strict=True)]
 
 
 @pytest.mark.slow
 def test_longform_group_wer(
-    transcript: Callable[[str], Dict[str, Any]],
-    references: Dict[str, str],
-    longform_sentences: List[Dict[str, str]],
+    transcript: Callable[[str], dict[str, Any]],
+    references: dict[str, str],
+    longform_sentences: list[dict[str, str]],
 ) -> None:
     joined = " ".join(row["transcript"] for row in longform_sentences)
     # segments.tsv and the manifest's one-line reference are the same text.
@@ -183,7 +189,7 @@ def test_longform_group_wer(
 
 @pytest.mark.slow
 def test_longform_transcribed_whole(
-    transcript: Callable[[str], Dict[str, Any]], longform_sentences: List[Dict[str, str]]
+    transcript: Callable[[str], dict[str, Any]], longform_sentences: list[dict[str, str]]
 ) -> None:
     """Every sentence is present, in order, and the segments reach the end of the audio."""
     from rapidfuzz import fuzz  # a dependency of jiwer
@@ -194,19 +200,19 @@ def test_longform_transcribed_whole(
 
     # 1. Every sentence present: enough of its words matched in the global word alignment.
     shares = _word_alignment(sentences, result["text"])
-    missing = {u: f"{s:.0%}" for u, s in zip(ids, shares) if s < LONGFORM_SENTENCE_MATCH_BOUND}
+    missing = {u: f"{s:.0%}" for u, s in zip(ids, shares, strict=True) if s < LONGFORM_SENTENCE_MATCH_BOUND}
     assert not missing, f"sentences with < {LONGFORM_SENTENCE_MATCH_BOUND:.0%} of their words matched: {missing}"
 
     # 2. In order: each sentence located on its own in the transcript, the positions strictly increase.
     hyp = normalize(result["text"])
     positions = []
-    for utt, sentence in zip(ids, sentences):
+    for utt, sentence in zip(ids, sentences, strict=True):
         found = fuzz.partial_ratio_alignment(normalize(sentence), hyp)
         assert found is not None and found.score >= LONGFORM_SENTENCE_LOCATE_SCORE, (
             f"{utt} not found in the transcript (best score {getattr(found, 'score', None)})"
         )
         positions.append((utt, found.dest_start))
-    out_of_order = [(a, b) for a, b in zip(positions, positions[1:]) if not a[1] < b[1]]
+    out_of_order = [(a, b) for a, b in zip(positions, positions[1:], strict=False) if not a[1] < b[1]]
     assert not out_of_order, f"sentences out of order: {out_of_order}"
 
     # 3. The 30-s windows cover the whole clip: segments run forward and reach the last sentence.
@@ -216,5 +222,6 @@ def test_longform_transcribed_whole(
     assert starts == sorted(starts), "segment start times go backwards"
     last_sentence_start = float(longform_sentences[-1]["start_s"])
     assert segments[-1]["end"] >= last_sentence_start, (
-        f"last segment ends at {segments[-1]['end']:.1f} s, before the last sentence starts ({last_sentence_start:.1f} s)"
+        f"last segment ends at {segments[-1]['end']:.1f} s, "
+        f"before the last sentence starts ({last_sentence_start:.1f} s)"
     )

@@ -1,4 +1,5 @@
-"""max_whisper.audio: reading, mono mix-down, resampling, the ffmpeg fallback and one-line errors."""
+"""max_whisper.audio and max_whisper.mel: reading, mono mix-down, resampling, the ffmpeg fallback,
+one-line errors, and the log-mel that matches openai-whisper's bit for bit."""
 
 from __future__ import annotations
 
@@ -14,13 +15,10 @@ import soundfile as sf
 import torch
 import whisper.audio
 
-from max_whisper import audio
-from max_whisper.audio import SAMPLE_RATE, audio_duration, load_audio
-from max_whisper.config import SHARED_AUDIO_DIR
+from conftest import shared_clip
+from max_whisper import audio, mel
+from max_whisper.audio import SAMPLE_RATE, audio_duration, check_waveform, load_audio
 from max_whisper.errors import AudioError, MaxWhisperError
-
-JFK = SHARED_AUDIO_DIR / "jfk.flac"
-needs_jfk = pytest.mark.skipif(not JFK.is_file(), reason=f"{JFK} not available")
 
 
 def sine(freq: float = 440.0, sr: int = SAMPLE_RATE, seconds: float = 1.0, amp: float = 0.5) -> np.ndarray:
@@ -51,10 +49,10 @@ def assert_audio_error(exc_info: pytest.ExceptionInfo, path: Path, *fragments: s
 
 
 def test_reexports_are_openai_whispers():
-    assert SAMPLE_RATE == 16000 == whisper.audio.SAMPLE_RATE
-    assert audio.N_SAMPLES == whisper.audio.N_SAMPLES == 30 * 16000
-    # audio.log_mel_spectrogram is the project's bounded-memory twin (bit-identical, tested below)
-    assert audio.pad_or_trim is whisper.audio.pad_or_trim
+    assert SAMPLE_RATE == 16000 == whisper.audio.SAMPLE_RATE == mel.SAMPLE_RATE
+    assert mel.N_SAMPLES == whisper.audio.N_SAMPLES == 30 * 16000
+    # mel.log_mel_spectrogram is the project's bounded-memory twin (bit-identical, tested below)
+    assert mel.pad_or_trim is whisper.audio.pad_or_trim
 
 
 # --------------------------------------------------------------------------- formats
@@ -92,8 +90,7 @@ def test_accepts_str_and_pathlike(tmp_path):
 
 @pytest.mark.parametrize(
     ("ext", "fmt", "subtype"),
-    [("ogg", "OGG", "VORBIS")]
-    + ([("mp3", "MP3", "MPEG_LAYER_III")] if "MP3" in sf.available_formats() else []),
+    [("ogg", "OGG", "VORBIS")] + ([("mp3", "MP3", "MPEG_LAYER_III")] if "MP3" in sf.available_formats() else []),
 )
 def test_lossy_formats(tmp_path, ext, fmt, subtype):
     x = sine(seconds=1.0)
@@ -156,8 +153,8 @@ def test_audio_duration():
 # --------------------------------------------------------------------------- real speech
 
 
-@needs_jfk
 def test_jfk_log_mel_matches_openai_whisper_exactly():
+    JFK = shared_clip("jfk.flac")
     y = load_audio(JFK)
     assert audio_duration(y) == pytest.approx(11.0, abs=0.1)
     # openai-whisper's own loader (ffmpeg) yields int16 / 32768 for a 16-bit 16 kHz mono file
@@ -165,7 +162,7 @@ def test_jfk_log_mel_matches_openai_whisper_exactly():
     assert rate == SAMPLE_RATE
     reference_audio = pcm.astype(np.float32) / 32768.0
     np.testing.assert_array_equal(y, reference_audio)
-    ours = audio.log_mel_spectrogram(audio.pad_or_trim(y))
+    ours = mel.log_mel_spectrogram(mel.pad_or_trim(y))
     theirs = whisper.audio.log_mel_spectrogram(whisper.audio.pad_or_trim(torch.from_numpy(reference_audio)))
     assert ours.shape == (80, 3000)
     assert torch.equal(ours, theirs)
@@ -177,8 +174,6 @@ def test_jfk_log_mel_matches_openai_whisper_exactly():
 def test_demo_clip_is_16k_mono_and_loads():
     from max_whisper.config import DEMO_AUDIO
 
-    if not DEMO_AUDIO.is_file():
-        pytest.skip("demo clip not generated")
     info = sf.info(DEMO_AUDIO)
     assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
     assert 45 <= info.duration <= 80
@@ -248,9 +243,8 @@ def test_zero_samples(tmp_path):
     assert_audio_error(exc_info, path, "contains no audio samples")
 
 
-@needs_jfk
 def test_truncated_flac(tmp_path):
-    data = JFK.read_bytes()
+    data = shared_clip("jfk.flac").read_bytes()
     path = tmp_path / "cut.flac"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(AudioError) as exc_info:
@@ -406,11 +400,67 @@ def test_log_mel_in_pieces_is_whispers_bit_for_bit(monkeypatch: pytest.MonkeyPat
     """Long audio is framed in pieces (bounded memory); the features must not change by a bit."""
     import whisper
 
-    from max_whisper import audio as audio_module
-
-    monkeypatch.setattr(audio_module, "MEL_CHUNK_FRAMES", 700)  # several pieces on a 25-s signal
-    samples = np.random.default_rng().standard_normal(16000 * 25 + 123).astype(np.float32) * 0.1
+    monkeypatch.setattr(mel, "MEL_CHUNK_FRAMES", 700)  # several pieces on a 25-s signal
+    samples = np.random.default_rng(4).standard_normal(16000 * 25 + 123).astype(np.float32) * 0.1
     for padding in (0, 480000):
-        ours = audio_module.log_mel_spectrogram(samples, 80, padding=padding)
+        ours = mel.log_mel_spectrogram(samples, 80, padding=padding)
         reference = whisper.audio.log_mel_spectrogram(samples, 80, padding=padding)
         assert torch.equal(ours, reference)
+
+
+# --------------------------------------------------------------------------- non-finite samples
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+def test_non_finite_samples_are_an_audio_error(tmp_path, bad):
+    samples = sine(seconds=0.5)
+    samples[100] = bad
+    path = tmp_path / "damaged.wav"
+    sf.write(path, samples, SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(AudioError) as exc_info:
+        load_audio(path)
+    assert_audio_error(exc_info, path, "1 of 8000 samples are NaN or infinite")
+
+
+def test_check_waveform_on_arrays():
+    check_waveform(sine())
+    check_waveform(np.zeros(0, np.float32))
+    with pytest.raises(AudioError, match=r"^audio: 2 of 16000 samples are NaN or infinite"):
+        samples = sine()
+        samples[[0, -1]] = np.nan
+        check_waveform(samples)
+
+
+def test_transcribe_refuses_non_finite_arrays_before_the_model_runs():
+    """decoding.transcribe checks the waveform first: a backend that must never run is enough."""
+    from max_whisper.decoding import transcribe
+
+    class NeverRuns:
+        fp16 = False
+
+        class capabilities:  # noqa: N801 - stands in for a Capabilities instance
+            word_timestamps = False
+
+    samples = sine()
+    samples[7] = np.inf
+    with pytest.raises(AudioError, match="1 of 16000 samples"):
+        transcribe(NeverRuns(), samples)
+    with pytest.raises(AudioError, match="1 of 16000 samples"):
+        transcribe(NeverRuns(), torch.from_numpy(samples))
+
+
+# --------------------------------------------------------------------------- the shared clips, in CI
+
+
+def test_a_missing_shared_clip_fails_under_ci_and_skips_elsewhere(tmp_path, monkeypatch):
+    import conftest
+
+    monkeypatch.setattr(conftest, "SHARED_AUDIO_DIR", tmp_path)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        shared_clip("jfk.flac")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="not found"):
+        shared_clip("jfk.flac")
+    (tmp_path / "jfk.flac").write_bytes(b"x")
+    assert shared_clip("jfk.flac") == tmp_path / "jfk.flac"

@@ -15,8 +15,8 @@ import whisper
 from whisper.model import ModelDimensions, Whisper
 from whisper.normalizers import EnglishTextNormalizer
 
-from max_whisper.models import ct2
 from max_whisper.errors import ModelError
+from max_whisper.models import ct2, ct2_format
 
 EXPECTED_DIMS = {
     "n_mels": 80,
@@ -41,9 +41,9 @@ def source_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def ct2_model(source_dir: Path) -> ct2.CT2Model:
+def ct2_model(source_dir: Path) -> ct2_format.CT2Model:
     """The raw CTranslate2 model."""
-    return ct2.read_model_bin(source_dir / "model.bin")
+    return ct2_format.read_model_bin(source_dir / "model.bin")
 
 
 def _write_string(out: bytearray, text: str) -> None:
@@ -73,7 +73,7 @@ def write_model_bin(
 # --------------------------------------------------------------------------- reader
 
 
-def test_header_and_counts(ct2_model: ct2.CT2Model) -> None:
+def test_header_and_counts(ct2_model: ct2_format.CT2Model) -> None:
     assert (ct2_model.binary_version, ct2_model.spec, ct2_model.revision) == (6, "WhisperSpec", 3)
     assert len(ct2_model.variables) == 148
     assert ct2_model.aliases == {"decoder/projection/weight": "decoder/embeddings/weight"}
@@ -94,7 +94,7 @@ def test_roundtrip_all_dtypes(tmp_path: Path) -> None:
         "f": (bf16_bits, 5),
     }
     write_model_bin(tmp_path / "model.bin", variables, {"g": "a"})
-    model = ct2.read_model_bin(tmp_path / "model.bin")
+    model = ct2_format.read_model_bin(tmp_path / "model.bin")
     for name, (array, code) in variables.items():
         if code == 5:
             expected = (array.astype(np.uint32) << 16).view(np.float32)
@@ -110,13 +110,13 @@ def test_truncated_file_raises(tmp_path: Path, source_dir: Path) -> None:
     with open(source_dir / "model.bin", "rb") as f:
         (tmp_path / "model.bin").write_bytes(f.read(1 << 20))
     with pytest.raises(ModelError, match="truncated"):
-        ct2.read_model_bin(tmp_path / "model.bin")
+        ct2_format.read_model_bin(tmp_path / "model.bin")
 
 
 def test_unknown_dtype_raises(tmp_path: Path) -> None:
     write_model_bin(tmp_path / "model.bin", {"x": (np.zeros(2, np.float32), 9)})
     with pytest.raises(ModelError, match="dtype code 9"):
-        ct2.read_model_bin(tmp_path / "model.bin")
+        ct2_format.read_model_bin(tmp_path / "model.bin")
 
 
 def test_dequantize_int8_and_int16() -> None:
@@ -125,7 +125,7 @@ def test_dequantize_int8_and_int16() -> None:
     q8 = np.rint(weight * row_scale[:, None]).astype(np.int8)
     q16_scale = np.float32(2**10 / 2.0)
     q16 = np.rint(weight * q16_scale).astype(np.int16)
-    out = ct2.dequantize(
+    out = ct2_format.dequantize(
         {
             "l/weight": q8,
             "l/weight_scale": row_scale,
@@ -147,8 +147,8 @@ def test_dims(checkpoint: dict[str, Any]) -> None:
     assert checkpoint["dims"] == EXPECTED_DIMS
 
 
-def test_every_ct2_tensor_mapped(ct2_model: ct2.CT2Model) -> None:
-    variables = ct2.dequantize(ct2_model.variables)
+def test_every_ct2_tensor_mapped(ct2_model: ct2_format.CT2Model) -> None:
+    variables = ct2_format.dequantize(ct2_model.variables)
     _, used = ct2.map_state_dict(variables, ct2.derive_dims(variables, {}))
     tensors = {name for name, value in variables.items() if value.ndim > 0}
     assert used == tensors
@@ -167,7 +167,7 @@ def test_state_dict_matches_whisper(checkpoint: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("side", ["encoder", "decoder"])
-def test_self_attention_qkv_split(checkpoint: dict[str, Any], ct2_model: ct2.CT2Model, side: str) -> None:
+def test_self_attention_qkv_split(checkpoint: dict[str, Any], ct2_model: ct2_format.CT2Model, side: str) -> None:
     state = checkpoint["model_state_dict"]
     d = 384
     for i in range(4):
@@ -185,7 +185,7 @@ def test_self_attention_qkv_split(checkpoint: dict[str, Any], ct2_model: ct2.CT2
         assert f"{side}.blocks.{i}.attn.key.bias" not in state
 
 
-def test_cross_attention_kv_split(checkpoint: dict[str, Any], ct2_model: ct2.CT2Model) -> None:
+def test_cross_attention_kv_split(checkpoint: dict[str, Any], ct2_model: ct2_format.CT2Model) -> None:
     state = checkpoint["model_state_dict"]
     d = 384
     for i in range(4):
@@ -206,7 +206,7 @@ def test_cross_attention_kv_split(checkpoint: dict[str, Any], ct2_model: ct2.CT2
         )
 
 
-def test_embeddings_and_norms(checkpoint: dict[str, Any], ct2_model: ct2.CT2Model) -> None:
+def test_embeddings_and_norms(checkpoint: dict[str, Any], ct2_model: ct2_format.CT2Model) -> None:
     state, v = checkpoint["model_state_dict"], ct2_model.variables
     pairs = {
         "decoder.token_embedding.weight": "decoder/embeddings/weight",
@@ -237,30 +237,36 @@ def test_alignment_head_out_of_range() -> None:
 # --------------------------------------------------------------------------- failures of the converter
 
 
-def _patched_reader(monkeypatch: pytest.MonkeyPatch, ct2_model: ct2.CT2Model, **changes: np.ndarray) -> None:
+def _patched_reader(monkeypatch: pytest.MonkeyPatch, ct2_model: ct2_format.CT2Model, **changes: np.ndarray) -> None:
     """Make read_model_bin return ct2_model with some variables added or replaced."""
     variables = {**ct2_model.variables, **changes}
-    model = ct2.CT2Model(
+    model = ct2_format.CT2Model(
         ct2_model.binary_version, ct2_model.spec, ct2_model.revision, variables, dict(ct2_model.aliases)
     )
     monkeypatch.setattr(ct2, "read_model_bin", lambda path: model)
 
 
-def test_unmapped_variable_raises(monkeypatch: pytest.MonkeyPatch, ct2_model: ct2.CT2Model, source_dir: Path) -> None:
+def test_unmapped_variable_raises(
+    monkeypatch: pytest.MonkeyPatch, ct2_model: ct2_format.CT2Model, source_dir: Path
+) -> None:
     _patched_reader(monkeypatch, ct2_model, **{"decoder/mystery/weight": np.zeros((2, 2), np.float16)})
     with pytest.raises(ModelError, match="unmapped.*decoder/mystery/weight"):
         ct2.convert_ct2_whisper(source_dir)
 
 
-def test_missing_variable_raises(monkeypatch: pytest.MonkeyPatch, ct2_model: ct2.CT2Model, source_dir: Path) -> None:
+def test_missing_variable_raises(
+    monkeypatch: pytest.MonkeyPatch, ct2_model: ct2_format.CT2Model, source_dir: Path
+) -> None:
     variables = {k: v for k, v in ct2_model.variables.items() if k != "decoder/layer_1/ffn/linear_0/bias"}
-    model = ct2.CT2Model(6, "WhisperSpec", 3, variables, dict(ct2_model.aliases))
+    model = ct2_format.CT2Model(6, "WhisperSpec", 3, variables, dict(ct2_model.aliases))
     monkeypatch.setattr(ct2, "read_model_bin", lambda path: model)
     with pytest.raises(ModelError, match="decoder/layer_1/ffn/linear_0/bias"):
         ct2.convert_ct2_whisper(source_dir)
 
 
-def test_nonzero_key_bias_raises(monkeypatch: pytest.MonkeyPatch, ct2_model: ct2.CT2Model, source_dir: Path) -> None:
+def test_nonzero_key_bias_raises(
+    monkeypatch: pytest.MonkeyPatch, ct2_model: ct2_format.CT2Model, source_dir: Path
+) -> None:
     name = "encoder/layer_0/self_attention/linear_0/bias"
     bias = ct2_model.variables[name].copy()
     bias[384 + 5] = 0.5
@@ -270,14 +276,14 @@ def test_nonzero_key_bias_raises(monkeypatch: pytest.MonkeyPatch, ct2_model: ct2
 
 
 def test_foreign_architecture_setting_raises(
-    monkeypatch: pytest.MonkeyPatch, ct2_model: ct2.CT2Model, source_dir: Path
+    monkeypatch: pytest.MonkeyPatch, ct2_model: ct2_format.CT2Model, source_dir: Path
 ) -> None:
     _patched_reader(monkeypatch, ct2_model, **{"decoder/activation": np.array(0, np.int8)})
     with pytest.raises(ModelError, match="decoder/activation"):
         ct2.convert_ct2_whisper(source_dir)
 
 
-def test_heads_fall_back_to_config(ct2_model: ct2.CT2Model) -> None:
+def test_heads_fall_back_to_config(ct2_model: ct2_format.CT2Model) -> None:
     variables = {k: v for k, v in ct2_model.variables.items() if not k.endswith("num_heads")}
     dims = ct2.derive_dims(variables, {"encoder_attention_heads": 3, "decoder_attention_heads": 2})
     assert (dims["n_audio_head"], dims["n_text_head"]) == (3, 2)

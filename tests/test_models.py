@@ -17,9 +17,10 @@ import pytest
 import torch
 import whisper
 
-from max_whisper.models import ct2
 from max_whisper import models
+from max_whisper.config import whisper_download_root
 from max_whisper.errors import ModelError
+from max_whisper.models import ct2
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -199,32 +200,38 @@ def test_unwritable_cache_is_model_error(
         models.resolve_checkpoint()
 
 
-def test_concurrent_builds_in_threads_without_lock(
-    isolated_cache: Path, small_checkpoint: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Even without the file lock, two simultaneous builds both end with a valid file."""
-    monkeypatch.setattr(models, "fcntl", None)
-    barrier = threading.Barrier(2, timeout=30)
-
-    def slow_convert(model_dir: Path) -> dict[str, Any]:
-        barrier.wait()  # both threads are building at once
-        return small_checkpoint
-
-    monkeypatch.setattr(ct2, "convert_ct2_whisper", slow_convert)
+def _resolve_in_threads(count: int) -> list[Any]:
+    """``resolve_checkpoint()`` in ``count`` threads at once: each one's path, or its exception."""
     results: list[Any] = []
 
     def worker() -> None:
         try:
             results.append(models.resolve_checkpoint())
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:  # noqa: BLE001 - reported by the callers' assertions
             results.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(2)]
+    threads = [threading.Thread(target=worker) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert results == [isolated_cache / "tiny.en.pt"] * 2
+    return results
+
+
+def test_concurrent_builds_in_threads_wait_on_the_lock(
+    isolated_cache: Path, small_checkpoint: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads at once on an empty cache: one converts, the other waits on the lock and reuses it."""
+    calls: list[int] = []
+
+    def slow_convert(model_dir: Path) -> dict[str, Any]:
+        calls.append(1)
+        threading.Event().wait(0.3)  # keep the build window open so that the threads overlap
+        return small_checkpoint
+
+    monkeypatch.setattr(ct2, "convert_ct2_whisper", slow_convert)
+    assert _resolve_in_threads(2) == [isolated_cache / "tiny.en.pt"] * 2
+    assert len(calls) == 1
     assert models.verify_checkpoint(isolated_cache / "tiny.en.pt") is None
 
 
@@ -264,8 +271,7 @@ def test_concurrent_builds_in_processes(tmp_path: Path) -> None:
         assert p.returncode == 0, err
     target = tmp_path / "xdg" / "max-whisper" / "tiny.en.pt"
     assert [out.strip() for out, _ in outputs] == [str(target)] * 2
-    if models.fcntl is not None:
-        assert sum(err.count("converting") for _, err in outputs) == 1  # the lock made the other wait
+    assert sum(err.count("converting") for _, err in outputs) == 1  # the lock made the other wait
     assert models.verify_checkpoint(target) is None
     assert models.load_checkpoint(str(target))["dims"] == SMALL_DIMS
 
@@ -347,7 +353,7 @@ def test_official_name_without_network(isolated_cache: Path, monkeypatch: pytest
 
 def _fake_official(monkeypatch: pytest.MonkeyPatch, source: Path, name: str = "base.en") -> Path:
     """Put ``source`` in whisper's cache as ``name`` and point whisper's URL table at its SHA256."""
-    root = models.whisper_download_root()
+    root = whisper_download_root()
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{name}.pt"
     shutil.copyfile(source, path)

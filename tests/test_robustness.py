@@ -1,10 +1,11 @@
-"""Robustness (issue 5): bad input, silence, hour-long audio, interrupted runs, concurrency, determinism.
+"""Robustness: bad input, silence, hour-long audio, interrupted runs, concurrency, determinism.
 
 Every case either gives a correct result or a one-line error with a non-zero exit status, never a
 traceback.  Cases already covered elsewhere are not repeated here:
 
 * ``test_cli.py``: missing path, directory, text file named ``.wav``, 0-byte file, truncated FLAC,
-  unknown model, gpu without CUDA, one bad file among two, Ctrl-C simulated in-process;
+  NaN or infinite samples, unknown model, gpu without CUDA, one bad file among two, Ctrl-C simulated
+  in-process;
 * ``test_audio.py``: the loader on each of those, plus resampling, channel mixing, chmod-000 files
   (and the same branch simulated for root), ffmpeg fallbacks;
 * ``test_models.py``: damaged caches rebuilt, concurrent builds with a fake converter;
@@ -29,20 +30,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
 
+from conftest import shared_clip
 from max_whisper import backends as backend_module
-from max_whisper import cli
-from max_whisper import models
+from max_whisper import cli, models
 from max_whisper.audio import load_audio
 from max_whisper.decoding import transcribe
 from max_whisper.writers import write_result
-
 from robustness_helpers import (
     CLI_DEFAULTS,
     GREEDY_FLAGS,
@@ -60,8 +60,6 @@ from robustness_helpers import (
     python_cli,
     run_measured,
 )
-
-pytestmark = pytest.mark.skipif(not JFK.is_file(), reason=f"shared clip {JFK} not found")
 
 FORMATS = ("txt", "vtt", "srt", "tsv", "json")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +91,7 @@ def backend(request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture(scope="module")
 def jfk() -> np.ndarray:
-    return load_audio(JFK)
+    return load_audio(shared_clip(JFK.name))
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +124,7 @@ def cli_run(cpu_backend: Any) -> Any:
 @pytest.fixture(scope="module")
 def jfk_reference(cli_run: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The CLI's greedy transcript of the original jfk.flac: what every lossless variant must print."""
+    shared_clip(JFK.name)
     out = tmp_path_factory.mktemp("jfk-reference")
     code, stdout, stderr = cli_run(JFK, "-f", "txt", "-o", out, *GREEDY_FLAGS)
     assert code == 0, stderr
@@ -134,7 +133,7 @@ def jfk_reference(cli_run: Any, tmp_path_factory: pytest.TempPathFactory) -> str
 
 
 @pytest.fixture(scope="session")
-def model_env(checkpoint_path: Path) -> Dict[str, str]:
+def model_env(checkpoint_path: Path) -> dict[str, str]:
     """Environment for subprocesses: the session's converted tiny.en (MAX_WHISPER_MODEL_DIR), the
     user's other caches (MAX's compile cache) untouched."""
     env = dict(os.environ)
@@ -143,7 +142,7 @@ def model_env(checkpoint_path: Path) -> Dict[str, str]:
     return env
 
 
-def files_in(directory: Path) -> List[str]:
+def files_in(directory: Path) -> list[str]:
     """Every entry under ``directory`` (hidden temp dirs included), relative, sorted."""
     if not directory.exists():
         return []
@@ -191,6 +190,16 @@ def test_white_noise_60s(backend: Any) -> None:
     result = transcribe(backend, noise, **CLI_DEFAULTS)
     assert_near_empty(result)
     assert all(s["compression_ratio"] <= 2.4 for s in result["segments"]), result["segments"]
+
+
+def test_non_finite_waveform(backend: Any) -> None:
+    """A waveform with NaN samples: the one-line AudioError, on every backend, before the model runs."""
+    from max_whisper.errors import AudioError
+
+    samples = np.random.default_rng(5).standard_normal(SAMPLE_RATE).astype(np.float32) * 0.1
+    samples[::4000] = np.nan
+    with pytest.raises(AudioError, match=r"^audio: 4 of 16000 samples are NaN or infinite"):
+        transcribe(backend, samples, **CLI_DEFAULTS)
 
 
 def test_clipped_speech(backend: Any, jfk: np.ndarray) -> None:
@@ -272,9 +281,10 @@ def test_misleading_extension(
     assert files_in(tmp_path / "out") == [Path(name).stem + ".txt"]
 
 
-def test_path_with_spaces_and_non_ascii(model_env: Dict[str, str], tmp_path: Path) -> None:
+def test_path_with_spaces_and_non_ascii(model_env: dict[str, str], tmp_path: Path) -> None:
     """A real command (subprocess) under the C locale, on a path with spaces, accents, CJK and an
     emoji: the transcript is printed and the outputs carry the same stem."""
+    shared_clip(JFK.name)
     folder = tmp_path / "my recordings" / "réunion 会議 🎙"
     folder.mkdir(parents=True)
     audio = folder / "Ansprache – Präsident Kennedy.flac"
@@ -284,7 +294,10 @@ def test_path_with_spaces_and_non_ascii(model_env: Dict[str, str], tmp_path: Pat
     env.pop("PYTHONIOENCODING", None)
     proc = subprocess.run(
         python_cli("transcribe", audio, "-o", out, *GREEDY_FLAGS),
-        capture_output=True, env=env, timeout=600, cwd=tmp_path,
+        capture_output=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
     )
     stderr = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 0, stderr
@@ -310,7 +323,7 @@ def _drop_dac_capabilities() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
-def test_unreadable_file(model_env: Dict[str, str], tmp_path: Path) -> None:
+def test_unreadable_file(model_env: dict[str, str], tmp_path: Path) -> None:
     """A chmod-000 file, as a real command: one line, exit 1, nothing written.
 
     Root reads anything, so when the tests run as root the command is started without the
@@ -318,6 +331,7 @@ def test_unreadable_file(model_env: Dict[str, str], tmp_path: Path) -> None:
     uid 0 (the venv under /root stays usable) but permission bits apply to it.  (test_audio.py also
     simulates the PermissionError for the loader alone.)
     """
+    shared_clip(JFK.name)
     secret = tmp_path / "secret.wav"
     shutil.copyfile(JFK, secret)
     secret.chmod(0)
@@ -333,7 +347,11 @@ def test_unreadable_file(model_env: Dict[str, str], tmp_path: Path) -> None:
     try:
         proc = subprocess.run(
             python_cli("transcribe", secret, "-o", out),
-            capture_output=True, text=True, env=model_env, timeout=600, preexec_fn=preexec,
+            capture_output=True,
+            text=True,
+            env=model_env,
+            timeout=600,
+            preexec_fn=preexec,
         )
     finally:
         secret.chmod(0o600)
@@ -348,6 +366,7 @@ def test_unreadable_file(model_env: Dict[str, str], tmp_path: Path) -> None:
 def test_bad_files_do_not_stop_the_good_ones(cli_run: Any, jfk_reference: str, tmp_path: Path) -> None:
     """good, directory, garbage, good, missing: the three bad ones are one line each (in order), the two
     good ones are printed and written, exit status 1.  (test_cli has the two-file case.)"""
+    shared_clip(JFK.name)
     good1 = tmp_path / "first.flac"
     shutil.copyfile(JFK, good1)
     folder = tmp_path / "folder.wav"
@@ -363,7 +382,8 @@ def test_bad_files_do_not_stop_the_good_ones(cli_run: Any, jfk_reference: str, t
     assert "Traceback" not in stderr
     lines = error_lines(stderr)
     assert len(lines) == 3, stderr
-    for line, (path, why) in zip(lines, [(folder, "directory"), (garbage, "not"), (missing, "no such file")]):
+    expected = [(folder, "directory"), (garbage, "not"), (missing, "no such file")]
+    for line, (path, why) in zip(lines, expected, strict=True):
         assert line.startswith(f"max-whisper: error: {path}") and why in line, line
     assert stdout.splitlines() == [jfk_reference.strip()] * 2
     assert files_in(out) == ["first.txt", "second.txt"]
@@ -372,13 +392,17 @@ def test_bad_files_do_not_stop_the_good_ones(cli_run: Any, jfk_reference: str, t
 # =========================================================================== 4. interruption
 
 
-def test_ctrl_c_leaves_no_partial_output_and_exits_130(model_env: Dict[str, str], tmp_path: Path) -> None:
+def test_ctrl_c_leaves_no_partial_output_and_exits_130(model_env: dict[str, str], tmp_path: Path) -> None:
     """``transcribe jfk.flac longform.flac``: SIGINT once the second file's progress bar shows. The first
     file's outputs are complete, the second has none (no temp dir either), exit 130, no traceback."""
+    shared_clip(JFK.name)
+    shared_clip(LONGFORM.name)
     out = tmp_path / "out"
     proc = subprocess.Popen(
         python_cli("transcribe", JFK, LONGFORM, "-o", out, *GREEDY_FLAGS),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=model_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=model_env,
     )
     watcher = StreamWatcher(proc)
     try:
@@ -426,12 +450,13 @@ elif phase == "writing":  # the temp file is written and synced, not yet renamed
         hang()
     torch.save = save
 elif phase == "before-sidecar":  # the checkpoint is in place, its sidecar not written yet
-    real_write = models._write_atomic
+    from max_whisper.models import cache
+    real_write = cache.write_atomic
     def write_atomic(target, write):
         if target.name.endswith(".sha256"):
             hang()
         return real_write(target, write)
-    models._write_atomic = write_atomic
+    cache.write_atomic = write_atomic
 models.resolve_checkpoint("tiny.en")
 print("DONE", flush=True)
 """
@@ -439,7 +464,7 @@ print("DONE", flush=True)
 
 @pytest.mark.parametrize("phase", ["converting", "writing", "before-sidecar"])
 def test_killed_model_build_leaves_no_corrupt_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_env: Dict[str, str], phase: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_env: dict[str, str], phase: str
 ) -> None:
     """SIGKILL while the default model is being converted / its temp file written / before its sidecar
     is written: nothing half-built is ever taken for valid; the next run cleans up, rebuilds, verifies."""
@@ -483,28 +508,31 @@ def test_killed_model_build_leaves_no_corrupt_cache(
 # =========================================================================== 5. concurrency
 
 
-def test_two_processes_on_an_empty_model_cache(model_env: Dict[str, str], tmp_path: Path) -> None:
+def test_two_processes_on_an_empty_model_cache(model_env: dict[str, str], tmp_path: Path) -> None:
     """Two ``transcribe`` commands started together on an empty cache: both succeed with byte-identical
     outputs; the default model is converted once (the other process waits on the build lock)."""
+    shared_clip(JFK.name)
     xdg = tmp_path / "xdg"
     env = dict(model_env, XDG_CACHE_HOME=str(xdg))
     env.pop(models.MODEL_DIR_ENV, None)
     procs = [
         subprocess.Popen(
             python_cli("transcribe", JFK, "-o", tmp_path / f"out{i}", "--json-log", *GREEDY_FLAGS),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for i in range(2)
     ]
     results = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, results):
+    for p, (_, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
     assert results[0][0] == results[1][0]
     assert fraction_of_words_found(JFK_TEXT, results[0][0]) >= 0.9
     records = [json.loads(line) for _, err in results for line in err.splitlines() if line.startswith("{")]
     conversions = [r for r in records if r["message"].startswith("converting ")]
-    if models.fcntl is not None:
-        assert len(conversions) == 1, conversions
+    assert len(conversions) == 1, conversions
     target = xdg / "max-whisper" / "tiny.en.pt"
     assert models.verify_checkpoint(target) is None
     for ext in FORMATS:
@@ -512,19 +540,23 @@ def test_two_processes_on_an_empty_model_cache(model_env: Dict[str, str], tmp_pa
 
 
 @pytest.mark.max
-def test_two_max_processes_share_the_compile_cache(max_backend: Any, model_env: Dict[str, str], tmp_path: Path) -> None:
+def test_two_max_processes_share_the_compile_cache(max_backend: Any, model_env: dict[str, str], tmp_path: Path) -> None:
     """Two ``--backend max`` commands at once on MAX's compile cache (the user's, which the session's
     max_backend has just filled for the current graphs): both compile/load and give the same transcript.
     (An empty compile cache costs ~8 min of compiling per process on a small CPU; see the next test.)"""
+    shared_clip(JFK.name)
     procs = [
         subprocess.Popen(
             python_cli("transcribe", JFK, "--backend", "max", "-f", "txt", "-o", tmp_path / f"out{i}", *GREEDY_FLAGS),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=model_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=model_env,
         )
         for i in range(2)
     ]
     results = [p.communicate(timeout=1200) for p in procs]
-    for p, (_, err) in zip(procs, results):
+    for p, (_, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
         assert "Traceback" not in err
     assert results[0][0] == results[1][0]
@@ -541,9 +573,11 @@ def test_two_processes_compile_into_an_empty_max_cache(tmp_path: Path) -> None:
     script = PROJECT_ROOT / "benchmarks" / "graph_test.py"
     env = dict(os.environ, MODULAR_CACHE_DIR=str(tmp_path / "modular"))
     cmd = [sys.executable, str(script)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=1200)[0] for p in procs]
-    for p, out in zip(procs, outputs):
+    for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0 and "graph-test: OK" in out, out
     third = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
     assert third.returncode == 0 and "graph-test: OK" in third.stdout, third.stdout + third.stderr
@@ -565,7 +599,7 @@ def test_two_processes_compile_into_an_empty_max_cache(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_same_input_same_bytes(backend: Any, jfk: np.ndarray, tmp_path: Path, mode: Dict[str, Any]) -> None:
+def test_same_input_same_bytes(backend: Any, jfk: np.ndarray, tmp_path: Path, mode: dict[str, Any]) -> None:
     """Two transcriptions of the same audio with the same options write byte-identical txt, vtt, srt,
     tsv and json files."""
     options = {**CLI_DEFAULTS, **mode}
@@ -576,7 +610,7 @@ def test_same_input_same_bytes(backend: Any, jfk: np.ndarray, tmp_path: Path, mo
             assert result["segments"] and all(s["temperature"] == 1.0 for s in result["segments"])
         written.append(write_result(result, JFK, "all", tmp_path / f"run{run}"))
     assert [p.name for p in written[0]] == [f"jfk.{ext}" for ext in FORMATS]
-    for first, second in zip(*written):
+    for first, second in zip(*written, strict=True):
         assert first.read_bytes() == second.read_bytes(), first.name
 
 
@@ -584,7 +618,7 @@ def test_same_input_same_bytes(backend: Any, jfk: np.ndarray, tmp_path: Path, mo
 
 
 @pytest.mark.slow
-def test_sixty_minutes_bounded_memory_no_window_dropped(model_env: Dict[str, str], tmp_path: Path) -> None:
+def test_sixty_minutes_bounded_memory_no_window_dropped(model_env: dict[str, str], tmp_path: Path) -> None:
     """60 minutes made of the 32 LJ Speech clips repeated with 0.3-1 s gaps, transcribed by the command
     (cpu, tiny.en, greedy at temperature 0): peak RSS of that process < 2 GB, and every sentence appears,
     in order (>= 80 % of its words aligned; >= 95 % of sentences, never 3 missing in a row), with no
@@ -594,7 +628,9 @@ def test_sixty_minutes_bounded_memory_no_window_dropped(model_env: Dict[str, str
     out = tmp_path / "out"
     measured = run_measured(
         python_cli("transcribe", long_audio.path, "--backend", "cpu", "-f", "json", "-o", out, *GREEDY_FLAGS),
-        tmp_path / "logs", timeout=3600, env=model_env,
+        tmp_path / "logs",
+        timeout=3600,
+        env=model_env,
     )
     assert not measured.timed_out, f"still running after {measured.seconds:.0f} s"
     assert measured.returncode == 0, measured.stderr[-3000:]
@@ -604,9 +640,10 @@ def test_sixty_minutes_bounded_memory_no_window_dropped(model_env: Dict[str, str
     match = match_sentences_in_order(long_audio.sentences, result["text"])
     segments = result["segments"]
     starts = [s["start"] for s in segments]
-    gaps = [b["start"] - a["end"] for a, b in zip(segments, segments[1:])]
+    gaps = [b["start"] - a["end"] for a, b in zip(segments, segments[1:], strict=False)]
     summary = (
-        f"60-minute file ({long_audio.seconds / 60:.1f} min, {len(long_audio.sentences)} sentences), cpu tiny.en greedy: "
+        f"60-minute file ({long_audio.seconds / 60:.1f} min, {len(long_audio.sentences)} sentences), "
+        "cpu tiny.en greedy: "
         f"peak RSS {measured.max_rss_bytes / 2**20:.0f} MiB, {measured.seconds:.0f} s, "
         f"{match.found_fraction:.1%} of sentences found in order, longest run missing {match.longest_missing_run}, "
         f"{len(segments)} segments, largest gap {max(gaps, default=0):.1f} s"

@@ -27,9 +27,7 @@ EXPECTED = {
         "2\n00:00:01,500 --> 00:00:03,250\nSecond line, with a tab\there.\n\n"
     ),
     "vtt": (
-        "WEBVTT\n\n"
-        "00:00.000 --> 00:01.500\nHello world.\n\n"
-        "00:01.500 --> 00:03.250\nSecond line, with a tab\there.\n\n"
+        "WEBVTT\n\n00:00.000 --> 00:01.500\nHello world.\n\n00:01.500 --> 00:03.250\nSecond line, with a tab\there.\n\n"
     ),
     "tsv": "start\tend\ttext\n0\t1500\tHello world.\n1500\t3250\tSecond line, with a tab here.\n",
 }

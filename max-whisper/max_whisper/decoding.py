@@ -7,13 +7,15 @@ The only thing that changes between backends is the model computation:
 ``DecodingTask`` is given the backend's encoder and its ``Inference`` (decoder
 step + KV cache) instead of the PyTorch ones.
 
-Two things are added around whisper's ``transcribe``, neither changing a result:
+Three things are added around whisper's ``transcribe``, none changing a result:
 
 * **bounded memory on long audio**: whisper's ``log_mel_spectrogram`` holds the
   whole STFT of the file at once (about 1.6 GB for an hour of audio).  During
   :func:`transcribe`, ``whisper.transcribe`` computes its log-mel with
-  :func:`max_whisper.audio.log_mel_spectrogram` instead: the same features, bit
+  :func:`max_whisper.mel.log_mel_spectrogram` instead: the same features, bit
   for bit, in 5-minute pieces (timed as the backend's ``mel`` stage).
+* **checked input**: a waveform with NaN or infinite samples is refused with a
+  one-line :class:`~max_whisper.errors.AudioError` before any model runs.
 * **determinism**: torch's RNG (used only when a window falls back to sampling
   at a temperature above 0) is seeded for each call (``seed=0`` by default,
   ``seed=None`` keeps the global RNG), inside ``torch.random.fork_rng`` so the
@@ -24,9 +26,10 @@ Two things are added around whisper's ``transcribe``, neither changing a result:
 from __future__ import annotations
 
 import importlib
-from dataclasses import replace
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Union
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +37,10 @@ import whisper
 from whisper.decoding import BeamSearchDecoder, DecodingOptions, DecodingResult, DecodingTask, Inference
 from whisper.decoding import detect_language as _whisper_detect_language
 
-from .audio import log_mel_spectrogram
+from .audio import check_waveform
 from .backends.base import Backend
-from .errors import MaxWhisperError
+from .errors import UsageError
+from .mel import log_mel_spectrogram
 from .timing import StageTimer
 
 
@@ -84,9 +88,9 @@ class ModelAdapter:
         self.dims = backend.dims
         self.device = backend.device
         self.alignment_heads = backend.alignment_heads
-        torch_model = getattr(backend, "torch_model", None)
-        self._torch_model = torch_model
-        self.decoder = torch_model.decoder if torch_model is not None else _NoTorchDecoder()
+        # backends that declare word timestamps run whisper's own torch modules (``torch_model``)
+        self._torch_model = backend.torch_model if backend.capabilities.word_timestamps else None
+        self.decoder = self._torch_model.decoder if self._torch_model is not None else _NoTorchDecoder()
 
     @property
     def is_multilingual(self) -> bool:
@@ -110,16 +114,17 @@ class ModelAdapter:
     def __call__(self, mel: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Full forward pass; whisper's word-timestamp alignment hooks into it."""
         if self._torch_model is None:
-            raise MaxWhisperError(f"word timestamps are not supported by the {self.backend.name} backend")
+            raise UsageError(f"word timestamps are not supported by the {self.backend.name} backend")
         return self._torch_model(mel, tokens)
 
     detect_language = _whisper_detect_language
 
     @torch.no_grad()
     def decode(
-        self, mel: torch.Tensor, options: DecodingOptions = DecodingOptions(), **kwargs: Any
-    ) -> Union[DecodingResult, List[DecodingResult]]:
+        self, mel: torch.Tensor, options: DecodingOptions | None = None, **kwargs: Any
+    ) -> DecodingResult | list[DecodingResult]:
         """``whisper.decoding.decode`` with the backend's model computation."""
+        options = options or DecodingOptions()
         if single := mel.ndim == 2:
             mel = mel.unsqueeze(0)
         if kwargs:
@@ -157,7 +162,7 @@ def _whisper_uses(mel_function: Any, backend: Backend) -> Iterator[None]:
 
 
 @contextmanager
-def _torch_threads(count: Optional[int]) -> Iterator[None]:
+def _torch_threads(count: int | None) -> Iterator[None]:
     """torch's intra-op thread count set to ``count`` within the block (unchanged when None)."""
     if count is None:
         yield
@@ -170,7 +175,7 @@ def _torch_threads(count: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def transcribe(backend: Backend, audio: Union[np.ndarray, torch.Tensor], **options: Any) -> Dict[str, Any]:
+def transcribe(backend: Backend, audio: np.ndarray | torch.Tensor, **options: Any) -> dict[str, Any]:
     """Transcribe 16-kHz mono float32 ``audio`` with ``backend``.
 
     ``options`` are those of ``whisper.transcribe`` (``temperature``,
@@ -184,10 +189,13 @@ def transcribe(backend: Backend, audio: Union[np.ndarray, torch.Tensor], **optio
     seed = options.pop("seed", 0)
     options.setdefault("fp16", backend.fp16)
     if options.get("word_timestamps") and not backend.capabilities.word_timestamps:
-        raise MaxWhisperError(f"--word-timestamps is not supported by the {backend.name} backend")
+        raise UsageError(f"--word-timestamps is not supported by the {backend.name} backend")
     if isinstance(audio, np.ndarray):
         audio = np.ascontiguousarray(audio, dtype=np.float32)
-    devices: List[int] = []
+        check_waveform(audio)
+    elif torch.is_tensor(audio):
+        check_waveform(audio.detach().cpu().numpy())
+    devices: list[int] = []
     if backend.device.type == "cuda":
         devices = [backend.device.index if backend.device.index is not None else torch.cuda.current_device()]
     with ExitStack() as stack:

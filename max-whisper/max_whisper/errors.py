@@ -26,10 +26,23 @@ def one_line(text: Any, limit: int = 1000) -> str:
     return folded if len(folded) <= limit else folded[: limit - 3] + "..."
 
 
+def describe(exc: BaseException) -> str:
+    """One line for any exception: a :class:`MaxWhisperError`'s own message, else ``Type: message``."""
+    if isinstance(exc, MaxWhisperError):
+        return one_line(exc) or type(exc).__name__
+    return one_line(f"{type(exc).__name__}: {exc}")
+
+
 class MaxWhisperError(Exception):
     """An error caused by the user's input or machine, reported as one line (no traceback)."""
 
     exit_code: ExitCode = ExitCode.FAILED
+
+
+class UsageError(MaxWhisperError):
+    """Options that contradict each other or the chosen backend: nothing was run."""
+
+    exit_code = ExitCode.USAGE
 
 
 class AudioError(MaxWhisperError):
@@ -37,7 +50,9 @@ class AudioError(MaxWhisperError):
 
 
 class ModelError(MaxWhisperError):
-    """The model name or checkpoint cannot be resolved or loaded."""
+    """The model name or checkpoint cannot be resolved or loaded (nothing was transcribed)."""
+
+    exit_code = ExitCode.USAGE
 
 
 class BackendUnavailableError(MaxWhisperError):

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Dict, Iterator
 
 
 class StageTimer:
     """Accumulates wall-clock seconds and call counts per named stage."""
 
     def __init__(self) -> None:
-        self.seconds: Dict[str, float] = defaultdict(float)
-        self.calls: Dict[str, int] = defaultdict(int)
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

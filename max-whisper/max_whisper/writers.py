@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from whisper.utils import get_writer
 
@@ -41,9 +41,7 @@ _TEMP_PREFIX = ".max-whisper-"
 def output_paths(audio_path: PathLike, output_format: str, output_dir: PathLike) -> list[Path]:
     """The files ``write_result`` creates for ``audio_path`` (whisper names them <stem>.<ext>)."""
     if output_format not in _EXTENSIONS:
-        raise MaxWhisperError(
-            f"unknown output format {output_format!r} (choose from {', '.join(OUTPUT_FORMATS)})"
-        )
+        raise MaxWhisperError(f"unknown output format {output_format!r} (choose from {', '.join(OUTPUT_FORMATS)})")
     stem = os.path.splitext(os.path.basename(os.fspath(audio_path)))[0]
     return [Path(output_dir) / f"{stem}.{ext}" for ext in _EXTENSIONS[output_format]]
 
@@ -53,7 +51,7 @@ def write_result(
     audio_path: PathLike,
     output_format: str,
     output_dir: PathLike,
-    writer_options: Optional[dict] = None,
+    writer_options: dict | None = None,
 ) -> list[Path]:
     """Write ``result`` (a whisper-style dict with ``text`` and ``segments``) for ``audio_path``.
 
@@ -66,9 +64,7 @@ def write_result(
     if writer_options:
         unknown = sorted(set(writer_options) - set(WRITER_OPTIONS))
         if unknown:
-            raise MaxWhisperError(
-                f"unknown writer option(s) {', '.join(unknown)} (known: {', '.join(WRITER_OPTIONS)})"
-            )
+            raise MaxWhisperError(f"unknown writer option(s) {', '.join(unknown)} (known: {', '.join(WRITER_OPTIONS)})")
         options.update(writer_options)
 
     out_dir = Path(output_dir)
@@ -90,7 +86,7 @@ def write_result(
         missing = [p.name for p in staged if not p.is_file()]
         if missing:
             raise MaxWhisperError(f"whisper's {output_format} writer did not produce {', '.join(missing)}")
-        for src, dst in zip(staged, finals):
+        for src, dst in zip(staged, finals, strict=True):
             os.replace(src, dst)
     except OSError as e:
         where = e.filename or out_dir

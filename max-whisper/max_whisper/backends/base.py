@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar
 
 import torch
 from whisper.decoding import Inference
@@ -24,7 +24,12 @@ from ..timing import StageTimer
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend can do, declared by the backend instead of probed by its callers."""
+    """What a backend can do, declared by the backend instead of probed by its callers.
+
+    The CLI reads it to accept or refuse options before any model is loaded: ``--device`` and
+    ``--dtype`` are passed only to backends that offer a choice, ``--word-timestamps`` only to those
+    that can align words.
+    """
 
     #: whisper's word alignment runs PyTorch hooks on the cross-attention: it needs ``torch_model``.
     word_timestamps: bool = False
@@ -52,9 +57,9 @@ class Backend(ABC):
     fp16: bool = False
     #: torch's thread count while this backend transcribes (None: leave it): a backend whose model
     #: runs outside torch keeps torch's token logic on one thread, off the model's cores.
-    host_torch_threads: Optional[int] = None
+    host_torch_threads: int | None = None
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, threads: Optional[int] = None) -> None:
+    def __init__(self, model: str = DEFAULT_MODEL, *, threads: int | None = None) -> None:
         self.model_name = model
         self.threads = threads
         self.timer = StageTimer()
@@ -66,7 +71,15 @@ class Backend(ABC):
     # -- what a backend must provide --------------------------------------------------
     dims: ModelDimensions
     #: whisper's sparse (layer, head) mask of cross-attention heads that align with words.
-    alignment_heads: Optional[torch.Tensor] = None
+    alignment_heads: torch.Tensor | None = None
+    #: the full ``whisper.model.Whisper`` module, set by backends that declare word timestamps (whisper's
+    #: word alignment runs hooks on its forward pass).
+    torch_model: torch.nn.Module | None = None
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """Whether this machine can run the backend (its engine installed, its device present)."""
+        return True
 
     @abstractmethod
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
@@ -90,10 +103,9 @@ class Backend(ABC):
         expected = (self.dims.n_mels, 2 * self.dims.n_audio_ctx)
         if mel.ndim != 3 or tuple(mel.shape[1:]) != expected:
             raise InputShapeError(
-                f"mel must have shape (batch, {expected[0]}, {expected[1]}) for this model, "
-                f"got {tuple(mel.shape)}"
+                f"mel must have shape (batch, {expected[0]}, {expected[1]}) for this model, got {tuple(mel.shape)}"
             )
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """Facts about this backend for logs and benchmark records."""
         return {"backend": self.name, "model": self.model_name, "threads": self.threads}

@@ -1,14 +1,15 @@
-"""``--backend gpu``: openai-whisper's PyTorch model on CUDA, fp16 compute."""
+"""``--backend gpu``: openai-whisper's PyTorch model on CUDA, float16 compute."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 
 from ..config import DEFAULT_MODEL
 from ..errors import BackendUnavailableError
-from .whisper_cpu import TorchBackend
+from .base import Capabilities
+from .pytorch import TorchBackend
 
 
 def require_cuda() -> None:
@@ -21,15 +22,22 @@ def require_cuda() -> None:
 
 
 class GPUBackend(TorchBackend):
+    """The float32 checkpoint on the first CUDA device; whisper's decoding runs it with ``fp16=True``."""
+
     name = "gpu"
+    capabilities = Capabilities(word_timestamps=True, dtypes=("float16",))
     device = torch.device("cuda")
     fp16 = True
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, threads: Optional[int] = None) -> None:
+    def __init__(self, model: str = DEFAULT_MODEL, *, threads: int | None = None) -> None:
         require_cuda()
         super().__init__(model, threads=threads)
 
-    def describe(self) -> Dict[str, Any]:
+    @classmethod
+    def is_available(cls) -> bool:
+        return torch.cuda.is_available()
+
+    def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["device_name"] = torch.cuda.get_device_name(0)
         return info
