@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import pytest
 import torch
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.max
 
 #: whisper's fallback schedule (``transcribe``'s default; the CLI's --temperature 0 with increment 0.2).
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-MODES: Dict[str, Dict[str, Any]] = {
+MODES: dict[str, dict[str, Any]] = {
     "greedy": {"temperature": TEMPERATURES, "beam_size": None, "best_of": 5},
     "beam5": {"temperature": TEMPERATURES, "beam_size": 5, "best_of": 5},
     # what a greedy run falls back to when a window fails a threshold: 5 samples at t > 0
@@ -57,10 +57,10 @@ class Transcripts:
 
     def __init__(self, report: Any) -> None:
         self.report = report
-        self.results: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
-        self.audio: Dict[str, Any] = {}
+        self.results: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.audio: dict[str, Any] = {}
 
-    def get(self, backend: Any, path: Path, mode: str) -> Dict[str, Any]:
+    def get(self, backend: Any, path: Path, mode: str) -> dict[str, Any]:
         key = (backend.name, str(path), mode)
         if key not in self.results:
             if not path.is_file():
@@ -79,17 +79,18 @@ def transcripts(max_report: Any) -> Transcripts:
     return Transcripts(max_report)
 
 
-def segment_tokens(result: Dict[str, Any]) -> List[List[int]]:
+def segment_tokens(result: dict[str, Any]) -> list[list[int]]:
     return [list(segment["tokens"]) for segment in result["segments"]]
 
 
-def first_difference(ours: Dict[str, Any], ref: Dict[str, Any]) -> str:
+def first_difference(ours: dict[str, Any], ref: dict[str, Any]) -> str:
     a, b = ours["segments"], ref["segments"]
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):  # the counts are compared after the loop
         if list(x["tokens"]) != list(y["tokens"]):
             return (
                 f"segment {i} differs (max t={x['temperature']}, cpu t={y['temperature']}):\n"
-                f"  max [{x['start']:.2f}-{x['end']:.2f}] {x['text']!r}\n  cpu [{y['start']:.2f}-{y['end']:.2f}] {y['text']!r}"
+                f"  max [{x['start']:.2f}-{x['end']:.2f}] {x['text']!r}\n"
+                f"  cpu [{y['start']:.2f}-{y['end']:.2f}] {y['text']!r}"
             )
     return f"segment counts differ: max {len(a)}, cpu {len(b)}"
 

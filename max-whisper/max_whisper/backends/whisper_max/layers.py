@@ -10,7 +10,7 @@ that graph, reading weights by their openai-whisper ``state_dict`` name from a
 bound at load time through a weights registry, never as baked-in constants, so
 MAX's compile cache serves every later run.
 
-The graphs of :mod:`max_whisper.backends.whisper_max.backend` are built from these pieces: the
+The graphs of :mod:`max_whisper.backends.whisper_max.graphs` are built from these pieces: the
 encoder, the cross-attention K/V projection, the decoder pass (float32, with its
 self-attention KV cache written in place and the logits), the draft decoder step
 (the same blocks with 4-bit matrices: a cheap guess of the next token), and the
@@ -20,9 +20,9 @@ cache reorder used by beam search.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
-import numpy as np
 from max.dtype import DType
 from max.graph import BufferValue, DeviceRef, Graph, TensorValue, Weight, ops
 from max.graph.quantization import QuantizationEncoding
@@ -37,26 +37,27 @@ LN_EPS = 1e-5
 class WeightSource:
     """Hands out graph values for openai-whisper ``state_dict`` names.
 
-    ``arrays`` is the weights registry (name -> float32 numpy array) that is
-    bound to every compiled graph; :meth:`get` adds the named weight to the
-    graph under construction, once per graph.
+    ``arrays`` is the weights registry (name -> numpy array, or a torch tensor for
+    bfloat16 weights) that is bound to every compiled graph; :meth:`get` adds the
+    named weight to the graph under construction, once per graph.
     """
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], device: DeviceRef) -> None:
+    def __init__(self, arrays: Mapping[str, Any], device: DeviceRef) -> None:
         self.arrays = dict(arrays)
         self.device = device
-        self._graph_weights: Dict[Tuple[int, str], TensorValue] = {}
+        self._graph_weights: dict[tuple[int, str], TensorValue] = {}
 
     def get(self, name: str) -> TensorValue:
         graph = Graph.current
         key = (id(graph), name)
         if key not in self._graph_weights:
             array = self.arrays[name]
-            weight = Weight(name, DType.from_numpy(array.dtype), array.shape, self.device)
+            dtype = DType.bfloat16 if str(array.dtype) == "torch.bfloat16" else DType.from_numpy(array.dtype)
+            weight = Weight(name, dtype, tuple(array.shape), self.device)
             self._graph_weights[key] = graph.add_weight(weight)
         return self._graph_weights[key]
 
-    def registry(self, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+    def registry(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """The arrays to bind when loading a graph (all of them by default)."""
         if names is None:
             return self.arrays
@@ -77,10 +78,22 @@ class Linear:
         if self.quantized:
             y = ops.qmatmul(QuantizationEncoding.Q4_0, None, x, self.weights.get(draft_name(f"{self.name}.weight")))
         else:
-            y = x @ ops.transpose(self.weights.get(f"{self.name}.weight"), 0, 1)
+            y = matmul_t(x, self.weights.get(f"{self.name}.weight"))
         if self.bias:
             y = y + self.weights.get(f"{self.name}.bias")
         return y
+
+
+def matmul_t(x: TensorValue, w: TensorValue) -> TensorValue:
+    """``x @ w^T`` in ``x``'s type; a weight of another type (a bfloat16 decoder's) multiplies ``x``
+    cast to its type, and the product is cast back."""
+    if w.dtype == x.dtype:
+        return x @ ops.transpose(w, 0, 1)
+    return ops.cast(ops.cast(x, w.dtype) @ ops.transpose(w, 0, 1), x.dtype)
+
+
+def as_float32(x: TensorValue) -> TensorValue:
+    return x if x.dtype == DType.float32 else ops.cast(x, DType.float32)
 
 
 class LayerNorm:
@@ -88,9 +101,7 @@ class LayerNorm:
         self.weights, self.name = weights, name
 
     def __call__(self, x: TensorValue) -> TensorValue:
-        return ops.layer_norm(
-            x, self.weights.get(f"{self.name}.weight"), self.weights.get(f"{self.name}.bias"), LN_EPS
-        )
+        return ops.layer_norm(x, self.weights.get(f"{self.name}.weight"), self.weights.get(f"{self.name}.bias"), LN_EPS)
 
 
 class MLP:
@@ -123,7 +134,9 @@ def keys_transposed(k: TensorValue, n_head: int) -> TensorValue:
     return ops.permute(split_heads(k, n_head), [0, 1, 3, 2])
 
 
-def attend(q: TensorValue, k_t: TensorValue, v: TensorValue, n_head: int, mask: Optional[TensorValue] = None) -> TensorValue:
+def attend(
+    q: TensorValue, k_t: TensorValue, v: TensorValue, n_head: int, mask: TensorValue | None = None
+) -> TensorValue:
     """softmax(q k^T / sqrt(d_head) + mask) v (whisper's ``qkv_attention``).
 
     q (batch, ctx, state); k_t (batch, head, head_state, n_keys) from
@@ -169,7 +182,7 @@ class KVCache(NamedTuple):
     values: BufferValue
 
     @classmethod
-    def per_block(cls, buffers: Sequence[BufferValue]) -> List["KVCache"]:
+    def per_block(cls, buffers: Sequence[BufferValue]) -> list[KVCache]:
         """[k_0, v_0, k_1, v_1, ...] buffers -> one cache per block."""
         return [cls(buffers[i], buffers[i + 1]) for i in range(0, len(buffers), 2)]
 
@@ -203,19 +216,19 @@ class MultiHeadAttention:
         self.value = Linear(weights, f"{name}.value", quantized=quantized and not cross)
         self.out = Linear(weights, f"{name}.out", quantized=quantized)
 
-    def __call__(self, x: TensorValue, mask: Optional[TensorValue] = None) -> TensorValue:
+    def __call__(self, x: TensorValue, mask: TensorValue | None = None) -> TensorValue:
         """Self-attention without a cache (the encoder's)."""
         k_t, v = self.key_value(x)
         return self.out(attend(self.query(x), k_t, v, self.n_head, mask))
 
-    def key_value(self, x: TensorValue, one_query: Optional[bool] = None) -> Tuple[TensorValue, TensorValue]:
+    def key_value(self, x: TensorValue, one_query: bool | None = None) -> tuple[TensorValue, TensorValue]:
         """Keys and values of ``x`` in the head layouts :func:`attend` takes, or with ``one_query``
         (by default: in the draft decoder) those :func:`attend_one` takes."""
         if self.one_query if one_query is None else one_query:
             return split_heads(self.key(x), self.n_head), keys_transposed(self.value(x), self.n_head)
         return keys_transposed(self.key(x), self.n_head), split_heads(self.value(x), self.n_head)
 
-    def cached(self, x: TensorValue, cache: KVCache, span: Span, mask: Optional[TensorValue] = None) -> TensorValue:
+    def cached(self, x: TensorValue, cache: KVCache, span: Span, mask: TensorValue | None = None) -> TensorValue:
         """Self-attention of the new tokens ``x`` over the cache: their keys and values are written
         into ``cache`` at ``span`` first, then the queries attend over positions ``[0, span.end)``.
 
@@ -248,7 +261,9 @@ class ResidualAttentionBlock:
         self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized)
         self.attn_ln = LayerNorm(weights, f"{name}.attn_ln")
         self.cross_attn = (
-            MultiHeadAttention(weights, f"{name}.cross_attn", n_head, quantized, cross=True) if cross_attention else None
+            MultiHeadAttention(weights, f"{name}.cross_attn", n_head, quantized, cross=True)
+            if cross_attention
+            else None
         )
         self.cross_attn_ln = LayerNorm(weights, f"{name}.cross_attn_ln") if cross_attention else None
         self.mlp = MLP(weights, f"{name}.mlp", quantized)
@@ -266,7 +281,7 @@ class ResidualAttentionBlock:
         k_audio: TensorValue,
         v_audio: TensorValue,
         span: Span,
-        mask: Optional[TensorValue] = None,
+        mask: TensorValue | None = None,
     ) -> TensorValue:
         """The decoder's block for new tokens at ``span``; their self-attention K/V go into ``cache``."""
         x = x + self.attn.cached(self.attn_ln(x), cache, span, mask)
@@ -288,9 +303,7 @@ class Conv1d:
         out_channels, in_channels, width = (int(d) for d in w.shape)
         batch, time, _ = x.shape
         n_time = int(time)
-        zeros = ops.broadcast_to(
-            ops.constant(0.0, DType.float32, self.weights.device), [batch, 1, in_channels]
-        )
+        zeros = ops.broadcast_to(ops.constant(0.0, DType.float32, self.weights.device), [batch, 1, in_channels])
         padded = ops.concat([zeros, x, zeros], axis=1)  # (batch, time + 2, in)
         if self.stride == 1:
             taps = [padded[:, k : k + n_time, :] for k in range(width)]
@@ -339,16 +352,18 @@ class TextDecoder:
     def __init__(self, weights: WeightSource, dims: ModelDimensions, quantized: bool = False) -> None:
         self.weights = weights
         self.blocks = [
-            ResidualAttentionBlock(weights, f"decoder.blocks.{i}", dims.n_text_head, cross_attention=True, quantized=quantized)
+            ResidualAttentionBlock(
+                weights, f"decoder.blocks.{i}", dims.n_text_head, cross_attention=True, quantized=quantized
+            )
             for i in range(dims.n_text_layer)
         ]
         self.ln = LayerNorm(weights, "decoder.ln")
 
-    def cross_kv(self, audio_features: TensorValue) -> List[TensorValue]:
+    def cross_kv(self, audio_features: TensorValue) -> list[TensorValue]:
         """Cross-attention keys and values of every block, [k_0, v_0, k_1, v_1, ...], in head layout:
         k (batch, head, head_state, n_audio_ctx), v (batch, head, n_audio_ctx, head_state); for the
         draft decoder k (batch, head, n_audio_ctx, head_state), v (batch, head, head_state, n_audio_ctx)."""
-        out: List[TensorValue] = []
+        out: list[TensorValue] = []
         for block in self.blocks:
             out += list(block.cross_attn.key_value(audio_features))
         return out
@@ -359,8 +374,8 @@ class TextDecoder:
         span: Span,
         caches: Sequence[KVCache],
         cross_kv: Sequence[TensorValue],
-        mask: Optional[TensorValue] = None,
-        rows: Optional[TensorValue] = None,
+        mask: TensorValue | None = None,
+        rows: TensorValue | None = None,
     ) -> TensorValue:
         """Final-norm hidden states of the new tokens (or of the rows ``rows`` of them).
 
@@ -381,15 +396,16 @@ class TextDecoder:
     def embed(self, tokens: TensorValue, span: Span) -> TensorValue:
         """Token + positional embedding of tokens (batch, n_new) placed at positions ``span``."""
         positional = ops.slice_tensor(
-            self.weights.get("decoder.positional_embedding"), [(slice(span.start, span.end), tokens.shape[1]), slice(None)]
+            self.weights.get("decoder.positional_embedding"),
+            [(slice(span.start, span.end), tokens.shape[1]), slice(None)],
         )
-        return ops.gather(self.weights.get("decoder.token_embedding.weight"), tokens, axis=0) + positional
+        return as_float32(ops.gather(self.weights.get("decoder.token_embedding.weight"), tokens, axis=0)) + positional
 
     def logits(self, hidden: TensorValue) -> TensorValue:
         """(batch, n_rows, state) -> (batch, n_rows, n_vocab): against the token embedding."""
-        return hidden @ ops.transpose(self.weights.get("decoder.token_embedding.weight"), 0, 1)
+        return matmul_t(hidden, self.weights.get("decoder.token_embedding.weight"))
 
-    def draft(self, hidden: TensorValue, timestamp_begin: int, n_vocab: int) -> Tuple[TensorValue, TensorValue]:
+    def draft(self, hidden: TensorValue, timestamp_begin: int, n_vocab: int) -> tuple[TensorValue, TensorValue]:
         """Guess the token whisper will pick after each row: (guess, margin), each (batch, n_rows).
 
         Scores against the 4-bit copy of the token embedding (:data:`DRAFT_EMBEDDING`),
@@ -409,7 +425,7 @@ class TextDecoder:
         first = ops.argmax(text, axis=-1)
         second = ops.argmax(ops.where(text >= best_text, floor, text), axis=-1)
         candidates = ops.concat([first, second], axis=-1)  # (batch, n_rows, 2)
-        rows = ops.gather(self.weights.get("decoder.token_embedding.weight"), candidates, axis=0)
+        rows = as_float32(ops.gather(self.weights.get("decoder.token_embedding.weight"), candidates, axis=0))
         exact = ops.squeeze(ops.sum(rows * ops.unsqueeze(hidden, 2), axis=-1), -1)  # (batch, n_rows, 2)
         first_exact, second_exact = exact[:, :, 0:1], exact[:, :, 1:2]
         text_guess = ops.where(second_exact > first_exact, second, first)

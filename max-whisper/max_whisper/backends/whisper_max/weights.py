@@ -1,7 +1,9 @@
 """The MAX backend's weights registry, made in one place from an openai-whisper checkpoint.
 
-Every weight keeps its openai-whisper ``state_dict`` name and float32 values.
-Derived weights are added for the *draft* decoder, the cheap model that the
+Every weight keeps its openai-whisper ``state_dict`` name and float32 values
+(or, for a ``bfloat16`` decoder, bfloat16 copies of the decoder's matrices under
+the same names: :func:`is_decoder_matrix`). Where the plan has a draft decoder
+(the CPU's), derived weights are added for it, the cheap model that the
 speculative greedy decoder uses to guess the next tokens: a 4-bit (GGML
 ``Q4_0``) copy of the token embedding (:data:`DRAFT_EMBEDDING`, 11 MB to read
 instead of 80 MB) and of every matrix of the decoder blocks (name + ``.q4_0``,
@@ -11,7 +13,7 @@ what is computed ahead; every logit whisper sees comes from the float32 weights.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,12 +43,39 @@ def is_draft_matrix(name: str) -> bool:
     )
 
 
-def state_dict_arrays(state_dict: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
-    """The registry: openai-whisper names -> contiguous float32 arrays, plus the draft's 4-bit copies."""
-    arrays = {name: np.ascontiguousarray(t.detach().cpu().float().numpy()) for name, t in state_dict.items()}
-    arrays[DRAFT_EMBEDDING] = draft_embedding(arrays["decoder.token_embedding.weight"])
-    for name in [n for n in arrays if is_draft_matrix(n)]:
-        arrays[draft_name(name)] = quantize_q4_0(arrays[name])
+def is_decoder_matrix(name: str) -> bool:
+    """Whether ``name`` is a matrix the decoder multiplies by for every token (its blocks' and the
+    token embedding): the weights a ``bfloat16`` decoder holds in bfloat16. Layer norms, biases, the
+    positional embedding and the cross-attention keys and values (computed once per window, so the
+    ``cross_kv`` graph is the same for both types) stay float32."""
+    return (
+        name.startswith("decoder.")
+        and name.endswith(".weight")
+        and not name.split(".")[-2].endswith("ln")
+        and ".cross_attn.key." not in name
+        and ".cross_attn.value." not in name
+    )
+
+
+def state_dict_arrays(
+    state_dict: dict[str, torch.Tensor], *, draft: bool = True, decoder_dtype: str = "float32"
+) -> dict[str, Any]:
+    """The registry: openai-whisper names -> contiguous float32 arrays, plus with ``draft`` the draft
+    decoder's 4-bit copies; with ``decoder_dtype="bfloat16"`` the decoder's matrices
+    (:func:`is_decoder_matrix`) are bfloat16 torch tensors (numpy has no bfloat16; MAX takes any
+    DLPack array)."""
+    arrays: dict[str, Any] = {
+        name: np.ascontiguousarray(t.detach().cpu().float().numpy()) for name, t in state_dict.items()
+    }
+    if draft:
+        arrays[DRAFT_EMBEDDING] = draft_embedding(arrays["decoder.token_embedding.weight"])
+        for name in [n for n in arrays if is_draft_matrix(n)]:
+            arrays[draft_name(name)] = quantize_q4_0(arrays[name])
+    if decoder_dtype == "bfloat16":
+        for name in [n for n in state_dict if is_decoder_matrix(n)]:
+            arrays[name] = state_dict[name].detach().cpu().to(torch.bfloat16).contiguous()
+    elif decoder_dtype != "float32":
+        raise ValueError(f"unknown decoder dtype {decoder_dtype!r}")
     return arrays
 
 

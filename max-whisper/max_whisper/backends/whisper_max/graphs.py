@@ -1,0 +1,215 @@
+"""The max backend's graphs: their signatures, which of them a device uses, and how they are built.
+
+``encoder``
+    (batch, n_mels, 3000) log-mel -> (batch, n_audio_ctx, n_audio_state).
+``cross_kv``
+    audio features -> each decoder block's cross-attention keys and values,
+    computed once per window and kept on the MAX device (with the draft: the
+    same again in the draft decoder's bfloat16 layouts).
+``decoder``
+    new tokens + cross K/V -> logits of the rows whisper reads; the keys and
+    values of the new tokens are written in place into the self-attention
+    cache, mutable buffers that stay on the device for the whole window.
+``draft`` (CPU only: MAX's Q4_0 matmul has no GPU kernel)
+    one token -> a guess of the next one and its margin, from the same blocks
+    with 4-bit matrices (it writes its keys and values into the same cache; the
+    ``decoder`` pass overwrites them with exact ones).
+``reorder``
+    gathers the self-attention cache along the batch axis in place (beam search).
+
+Each graph takes its weights through a weights registry (never as constants),
+so MAX's on-disk compile cache, or artifacts exported by ``max-whisper
+compile``, serve every later process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from max.dtype import DType
+from max.engine import InferenceSession
+from max.graph import BufferType, DeviceRef, Graph, TensorType, ops
+from whisper.model import ModelDimensions
+
+from .layers import N_TOTAL, AudioEncoder, KVCache, Span, TextDecoder, WeightSource
+
+DEVICES = ("cpu", "gpu")
+#: Decoder weight types (the first is the default): float32 is token-identical to the cpu backend.
+DTYPES = ("float32", "bfloat16")
+
+#: Slice bounds (the span of new positions) are int64 scalars on the host, whatever the device.
+SCALAR = TensorType(DType.int64, [], DeviceRef.CPU())
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    """Which graphs the max backend builds for a device and decoder weight type.
+
+    On the CPU the greedy decoder is bandwidth-bound and a 4-bit draft decoder pays
+    (speculative bursts); on a GPU a decoder step is bound by kernel launches, not bytes,
+    and MAX's Q4_0 kernels are CPU-only, so the GPU plan has no draft: one exact decoder
+    pass per token (docs/performance.md, "GPU plan").
+    """
+
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+
+    @property
+    def draft(self) -> bool:
+        """Whether the speculative draft decoder (4-bit, CPU-only) is part of the plan."""
+        return self.device == "cpu"
+
+    @property
+    def graph_names(self) -> tuple[str, ...]:
+        names = ("encoder", "cross_kv", "decoder")
+        return names + ("draft", "reorder") if self.draft else names + ("reorder",)
+
+    @property
+    def device_ref(self) -> DeviceRef:
+        return DeviceRef.GPU() if self.device == "gpu" else DeviceRef.CPU()
+
+    @property
+    def weight_dtype(self) -> DType:
+        return DType.bfloat16 if self.dtype == "bfloat16" else DType.float32
+
+
+def cache_shapes(dims: ModelDimensions, batch: int | str) -> list:
+    """Shapes of the self-attention cache [k_0, v_0, k_1, v_1, ...]: room for n_text_ctx positions,
+    in the head layouts of :class:`layers.KVCache`."""
+    head, head_state, ctx = dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_text_ctx
+    return [(batch, head, ctx, head_state), (batch, head, head_state, ctx)] * dims.n_text_layer
+
+
+def cache_types(dims: ModelDimensions, device: DeviceRef) -> list:
+    """Graph input types of the self-attention cache: mutable buffers of :func:`cache_shapes`."""
+    return [BufferType(DType.float32, list(shape), device) for shape in cache_shapes(dims, "batch")]
+
+
+def cross_kv_types(dims: ModelDimensions, device: DeviceRef, draft: bool = False) -> list:
+    """Graph input types of the cross-attention K/V [k_0, v_0, ...] (see ``TextDecoder.cross_kv``):
+    the exact decoder's layouts, or with ``draft`` the draft decoder's (keys and values swapped)."""
+    head, head_state, ctx = dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_audio_ctx
+    dtype = DType.bfloat16 if draft else DType.float32
+    k = TensorType(dtype, ["batch", head, head_state, ctx], device)
+    v = TensorType(dtype, ["batch", head, ctx, head_state], device)
+    return [v, k] * dims.n_text_layer if draft else [k, v] * dims.n_text_layer
+
+
+class MaxWhisperGraphs:
+    """Builds the graphs of one model for one :class:`GraphPlan`, and compiles or loads them."""
+
+    def __init__(self, dims: ModelDimensions, weights: WeightSource, timestamp_begin: int, plan: GraphPlan) -> None:
+        self.dims = dims
+        self.timestamp_begin = timestamp_begin
+        self.weights = weights
+        self.plan = plan
+        self.device = weights.device
+        self.encoder = AudioEncoder(weights, dims)
+        self.decoder = TextDecoder(weights, dims)
+        self.draft_decoder = TextDecoder(weights, dims, quantized=True) if plan.draft else None
+        self.n_kv = 2 * dims.n_text_layer
+        self.builders: dict[str, Callable[[], Graph]] = {
+            "encoder": self.build_encoder,
+            "cross_kv": self.build_cross_kv,
+            "decoder": self.build_decoder,
+            "draft": self.build_draft,
+            "reorder": self.build_reorder,
+        }
+
+    def _name(self, base: str) -> str:
+        """Names of the graphs that read the decoder's per-token matrices say their type where it is
+        not float32 (exported artifacts are matched by name and signature, and the type is in neither)."""
+        return base if self.plan.dtype == "float32" else f"{base}_{self.plan.dtype}"
+
+    def build(self, name: str) -> Graph:
+        if name not in self.plan.graph_names:
+            raise ValueError(f"graph {name!r} is not part of the {self.plan} plan")
+        return self.builders[name]()
+
+    def load(self, session: InferenceSession, name: str):
+        """Compile (or reuse from MAX's cache / the session's precompiled artifacts) and bind the weights."""
+        return session.load(self.build(name), weights_registry=self.weights.registry())
+
+    def load_all(
+        self, session: InferenceSession, on_loaded: Callable[[str, float], None] | None = None
+    ) -> dict[str, object]:
+        """Every graph of the plan, loaded; ``on_loaded(name, seconds)`` after each."""
+        models = {}
+        for name in self.plan.graph_names:
+            start = time.perf_counter()
+            models[name] = self.load(session, name)
+            if on_loaded is not None:
+                on_loaded(name, time.perf_counter() - start)
+        return models
+
+    # -- the graphs ------------------------------------------------------------------------
+    def build_encoder(self) -> Graph:
+        d = self.dims
+        mel = TensorType(DType.float32, ["batch", d.n_mels, 2 * d.n_audio_ctx], self.device)
+        with Graph("whisper_encoder", input_types=[mel]) as graph:
+            graph.output(self.encoder(graph.inputs[0].tensor))
+        return graph
+
+    def build_cross_kv(self) -> Graph:
+        d = self.dims
+        features = TensorType(DType.float32, ["batch", d.n_audio_ctx, d.n_audio_state], self.device)
+        with Graph("whisper_cross_kv", input_types=[features]) as graph:
+            audio_features = graph.inputs[0].tensor
+            draft = []  # built first: the CPU plan's graph, op for op, is what MAX's compile cache holds
+            if self.draft_decoder is not None:
+                draft = [ops.cast(kv, DType.bfloat16) for kv in self.draft_decoder.cross_kv(audio_features)]
+            graph.output(*self.decoder.cross_kv(audio_features), *draft)
+        return graph
+
+    def build_decoder(self) -> Graph:
+        """(tokens, start, end, mask, rows, cache..., cross K/V...) -> logits (batch, n_rows, n_vocab).
+
+        The new tokens' keys and values are written into the cache buffers at [start, end)."""
+        inputs = [
+            TensorType(DType.int64, ["batch", "n_new"], self.device),  # tokens
+            SCALAR,  # start
+            SCALAR,  # end
+            TensorType(DType.float32, ["n_new", N_TOTAL], self.device),  # additive causal mask
+            TensorType(DType.int64, ["n_rows"], self.device),  # rows whose logits are returned
+        ]
+        inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device)
+        with Graph(self._name("whisper_decoder"), input_types=inputs) as graph:
+            tokens, start, end, mask, rows = (v.tensor for v in graph.inputs[:5])
+            caches = KVCache.per_block([v.buffer for v in graph.inputs[5 : 5 + self.n_kv]])
+            cross_kv = [v.tensor for v in graph.inputs[5 + self.n_kv :]]
+            hidden = self.decoder(tokens, Span(start, end), caches, cross_kv, mask, rows)
+            graph.output(self.decoder.logits(hidden))
+        return graph
+
+    def build_draft(self) -> Graph:
+        """(token, start, end, cache..., cross K/V...) -> (guess, margin), each (batch, 1).
+
+        One token through the 4-bit draft blocks; its keys and values go into the cache at start."""
+        inputs = [TensorType(DType.int64, ["batch", 1], self.device), SCALAR, SCALAR]
+        inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device, draft=True)
+        with Graph(self._name("whisper_draft"), input_types=inputs) as graph:
+            token, start, end = (v.tensor for v in graph.inputs[:3])
+            caches = KVCache.per_block([v.buffer for v in graph.inputs[3 : 3 + self.n_kv]])
+            cross_kv = [v.tensor for v in graph.inputs[3 + self.n_kv :]]
+            hidden = self.draft_decoder(token, Span(start, end), caches, cross_kv)
+            graph.output(*self.draft_decoder.draft(hidden, self.timestamp_begin, self.dims.n_vocab))
+        return graph
+
+    def build_reorder(self) -> Graph:
+        """Gathers every cache buffer along the batch axis, in place (beam search)."""
+        inputs = [TensorType(DType.int64, ["batch"], self.device)] + cache_types(self.dims, self.device)
+        with Graph("whisper_cache_reorder", input_types=inputs) as graph:
+            index = graph.inputs[0].tensor
+            for value in graph.inputs[1:]:
+                buffer = value.buffer
+                ops.buffer_store(buffer, ops.rebind(ops.gather(ops.buffer_load(buffer), index, axis=0), buffer.shape))
+            graph.output()
+        return graph

@@ -1,0 +1,159 @@
+"""``max-whisper compile``: the max backend's graphs compiled ahead of time, for this CPU and for a GPU
+this machine does not have (MAX's virtual-device mode), and exported artifacts loaded by the backend.
+
+The GPU compile is the proof, on machines without a GPU (CI's among them), that every graph of the
+GPU plan compiles for an H100/H200 (sm_90a). It runs in a subprocess because virtual-device mode must be
+set before any device exists. It is not skippable under ``CI=true``; a cold MAX cache makes it slow
+(minutes on 2 cores, see docs/performance.md), a warm one takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from max_whisper.config import SHARED_AUDIO_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: Seconds a cold compile of the GPU plan may take here (2 cores, empty MAX cache, measured ~5 min).
+GPU_COMPILE_TIMEOUT = 1500
+
+
+def require_max() -> None:
+    try:
+        import max.engine  # noqa: F401
+    except ImportError as exc:
+        if IN_CI:
+            pytest.fail(f"the MAX engine must be installed in CI: {exc}")
+        pytest.skip(f"the MAX engine is not installed: {exc}")
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "max-whisper") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "max_whisper", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target", "sm90"], "is not a GPU architecture"),
+        (["--target", "sm_90a", "--device", "cpu"], "cannot be combined with --device cpu"),
+        (["--dtype", "float8"], "invalid choice"),
+        (["--device", "cpu", "--graphs", "encoder,nope"], "nope not in the cpu plan"),
+        (["--device", "cpu", "--model", "no-such-model"], "no-such-model"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list, message: str, tmp_path: Path) -> None:
+    if "--graphs" in args or "--model" in args:
+        require_max()
+    result = run_cli("compile", *args)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and message in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_export_to_a_foreign_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run_cli("compile", "--device", "cpu", "--export", str(tmp_path))
+    assert result.returncode == 2 and "holds no earlier export" in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.max
+def test_every_gpu_graph_compiles_for_sm_90a(checkpoint_path: Path, tmp_path: Path, max_report: Any) -> None:
+    """The GPU plan (float32, and the decoder with bfloat16 weights: the one graph that differs) compiles
+    for sm_90a without a GPU, and exports."""
+    require_max()
+    export = tmp_path / "sm_90a"
+    start = time.perf_counter()
+    result = run_cli(
+        "compile", "--target", "sm_90a", "--model", str(checkpoint_path), "--export", str(export),
+        timeout=GPU_COMPILE_TIMEOUT,
+    )  # fmt: skip
+    max_report.record_time("compile GPU plan for virtual sm_90a (subprocess)", time.perf_counter() - start)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[2] == "s":
+            max_report.record_time(f"  sm_90a graph {fields[0]}", float(fields[1]))
+    manifest = json.loads((export / "manifest.json").read_text())
+    text = json.dumps(manifest)
+    for graph in ("whisper_encoder", "whisper_cross_kv", "whisper_decoder", "whisper_cache_reorder"):
+        assert graph in text, f"{graph} missing from the exported manifest"
+    assert "whisper_draft" not in text, "the 4-bit draft (CPU-only kernels) must not be part of the GPU plan"
+    assert len(list(export.glob("*.mef"))) == 4
+
+    start = time.perf_counter()
+    result = run_cli(
+        "compile", "--target", "sm_90a", "--dtype", "bfloat16", "--graphs", "decoder",
+        "--model", str(checkpoint_path), timeout=GPU_COMPILE_TIMEOUT,
+    )  # fmt: skip
+    max_report.record_time("compile bfloat16 decoder for virtual sm_90a (subprocess)", time.perf_counter() - start)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.max
+def test_exported_cpu_graphs_are_loaded_instead_of_compiled(
+    checkpoint_path: Path, tmp_path: Path, max_backend: Any, max_report: Any
+) -> None:
+    """``--export`` on the CPU, then a backend with ``precompiled=``: same tokens as the session's backend."""
+    require_max()
+    from max_whisper.audio import load_audio
+    from max_whisper.backends.whisper_max.backend import MaxBackend
+    from max_whisper.backends.whisper_max.compile import CompileOptions, compile_graphs
+    from max_whisper.decoding import transcribe
+
+    export = tmp_path / "cpu"
+    compiled = compile_graphs(CompileOptions(model=str(checkpoint_path), device="cpu", export=export))
+    assert [g.name for g in compiled] == ["encoder", "cross_kv", "decoder", "draft", "reorder"]
+    start = time.perf_counter()
+    backend = MaxBackend(str(checkpoint_path), device="cpu", precompiled=str(export))
+    max_report.record_time("MaxBackend from exported CPU graphs: load + init", time.perf_counter() - start)
+    clip = SHARED_AUDIO_DIR / "jfk.flac"
+    if not clip.is_file():
+        if IN_CI:
+            pytest.fail(f"{clip} is missing")
+        pytest.skip(f"{clip} not available")
+    audio = load_audio(clip)
+    ours = transcribe(backend, audio, temperature=0.0)
+    ref = transcribe(max_backend, audio, temperature=0.0)
+    assert [s["tokens"] for s in ours["segments"]] == [s["tokens"] for s in ref["segments"]]
+    assert backend.describe()["precompiled"] == str(export)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) -> None:
+    """Built (not compiled) for a GPU: four graphs, no Q4_0 matmul (MAX's is CPU-only); with bfloat16
+    the decoder reads bfloat16 matrices under its own graph name, and cross K/V stays float32."""
+    require_max()
+    from whisper.model import ModelDimensions
+
+    from max_whisper.backends.whisper_max.graphs import GraphPlan, MaxWhisperGraphs
+    from max_whisper.backends.whisper_max.layers import WeightSource
+    from max_whisper.backends.whisper_max.weights import state_dict_arrays
+
+    plan = GraphPlan("gpu", dtype)
+    assert plan.graph_names == ("encoder", "cross_kv", "decoder", "reorder") and not plan.draft
+    arrays = state_dict_arrays(checkpoint["model_state_dict"], draft=plan.draft, decoder_dtype=dtype)
+    assert not any(name.endswith(".q4_0") for name in arrays)
+    graphs = MaxWhisperGraphs(ModelDimensions(**checkpoint["dims"]), WeightSource(arrays, plan.device_ref), 50363, plan)
+    built = {name: graphs.build(name) for name in plan.graph_names}
+    for name, graph in built.items():
+        text = str(graph)
+        assert "qmatmul" not in text, f"{name} uses a CPU-only Q4_0 kernel"
+        assert "gpu" in text.lower(), f"{name} is not placed on the GPU"
+    decoder = str(built["decoder"])
+    assert ("bf16" in decoder) == (dtype == "bfloat16")
+    assert "bf16" not in str(built["cross_kv"])
+    assert built["decoder"].name == ("whisper_decoder" if dtype == "float32" else "whisper_decoder_bfloat16")
