@@ -29,6 +29,7 @@ from max_whisper.audio import load_audio
 from max_whisper.config import SHARED_AUDIO_DIR
 from max_whisper.errors import InputShapeError
 from max_whisper.mel import N_SAMPLES, log_mel_spectrogram, pad_or_trim
+from torch_hooks import Recorder
 
 pytestmark = pytest.mark.max
 
@@ -588,24 +589,6 @@ def probes(torch_model: Any, max_report: Any) -> Probes:
     for name, seconds in built.compile_seconds.items():
         max_report.record_time(f"compile {name} graph", seconds)
     return built
-
-
-class Recorder:
-    """Forward hooks that keep the outputs of some PyTorch modules."""
-
-    def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
-
-    def _hook(self, name: str) -> Any:
-        def hook(module: Any, args: Any, output: torch.Tensor) -> None:
-            self.outputs[name] = output.detach().clone()
-
-        return hook
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 def _check_encoder_blocks(

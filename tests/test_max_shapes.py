@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from whisper.model import ModelDimensions, Whisper
 
+from torch_hooks import Recorder
+
 pytestmark = pytest.mark.max
 
 #: fp32 bound on ``max |max - torch| / max |torch|`` for every output compared here.
@@ -262,24 +264,6 @@ class Probes:
 
 
 # -- the PyTorch reference -----------------------------------------------------------------------------------
-
-
-class Recorder:
-    """Forward hooks that keep the outputs of some PyTorch modules."""
-
-    def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
-
-    def _hook(self, name: str) -> Any:
-        def hook(module: Any, args: Any, output: torch.Tensor) -> None:
-            self.outputs[name] = output.detach().clone()
-
-        return hook
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 def torch_encoder(model: Whisper, mel: torch.Tensor) -> dict[str, torch.Tensor]:

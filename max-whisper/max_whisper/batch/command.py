@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 from ..config import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, OUTPUT_FORMATS
-from ..errors import ExitCode, MaxWhisperError, one_line
 from ..options import TranscriptionOptions
 
 PROG = "max-whisper batch"
@@ -191,24 +190,10 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m max_whisper.batch.command``: the subcommand on its own."""
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
-    try:
-        return int(run_from_args(args))
-    except KeyboardInterrupt:
-        print("max-whisper: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
-    except MaxWhisperError as exc:
-        print(f"max-whisper: error: {one_line(exc)}", file=sys.stderr)
-        return exc.exit_code
-    except Exception as exc:  # a bug, not the user's doing: one line, no traceback
-        print(f"max-whisper: internal error: {one_line(f'{type(exc).__name__}: {exc}')}", file=sys.stderr)
-        return ExitCode.FAILED
+    """``python -m max_whisper.batch.command``: the same as ``max-whisper batch``."""
+    from ..cli import main as cli_main
+
+    return cli_main(["batch", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

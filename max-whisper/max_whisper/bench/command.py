@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import DEFAULT_MODEL, SHARED_AUDIO_DIR
-from ..errors import ExitCode, MaxWhisperError, UsageError, one_line
+from ..errors import UsageError
 from ..utils.logging import setup_logger
 from .config import (
     DEFAULT_PEER_TOLERANCE,
@@ -241,16 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m max_whisper.bench.command`` / ``benchmarks/run_benchmark.py``."""
-    args = build_parser().parse_args(argv)
-    try:
-        return int(run_from_args(args))
-    except MaxWhisperError as exc:
-        print(f"max-whisper benchmark: error: {one_line(exc)}", file=sys.stderr)
-        return int(exc.exit_code)
-    except KeyboardInterrupt:
-        print("max-whisper benchmark: interrupted", file=sys.stderr)
-        return int(ExitCode.INTERRUPTED)
+    """``python -m max_whisper.bench.command``, ``benchmarks/run_benchmark.py``: ``max-whisper benchmark``."""
+    from ..cli import main as cli_main
+
+    return cli_main(["benchmark", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

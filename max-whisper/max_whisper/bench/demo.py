@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import BACKENDS, DEFAULT_MODEL
-from ..errors import ExitCode, MaxWhisperError, one_line
+from ..errors import ExitCode
 from ..utils.logging import setup_logger
 from .command import positive_int
 from .config import (
@@ -99,23 +99,11 @@ def run_from_args(args: argparse.Namespace, console: Any = None) -> int:
     return ExitCode.OK if ran else ExitCode.FAILED
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="max-whisper demo",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_arguments(parser)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(run_from_args(args))
-    except MaxWhisperError as exc:
-        print(f"max-whisper demo: error: {one_line(exc)}", file=sys.stderr)
-        return int(exc.exit_code)
+    """``python -m max_whisper.bench.demo``: the same as ``max-whisper demo``."""
+    from ..cli import main as cli_main
+
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
