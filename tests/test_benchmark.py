@@ -6,6 +6,7 @@ tests run real backends in worker processes on the shared JFK clip (``conftest.s
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -421,7 +422,9 @@ def test_demo_runs_with_the_gpu_backend_unavailable(monkeypatch: pytest.MonkeyPa
     jfk = shared_clip("jfk.flac")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     # max is left out only to keep the test fast (its graphs take minutes to compile on 2 cores)
-    args = demo.build_parser().parse_args(["--audio", str(jfk), "--backends", "cpu,gpu", "--threads", "2"])
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    args = parser.parse_args(["--audio", str(jfk), "--backends", "cpu,gpu", "--threads", "2"])
     out = io.StringIO()
     assert demo.run_from_args(args, console=Console(file=out, width=250)) == ExitCode.OK
     text = out.getvalue()
