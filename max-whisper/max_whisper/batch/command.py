@@ -14,13 +14,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
 
 from ..config import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, OUTPUT_FORMATS
-from ..options import TranscriptionOptions
 
 PROG = "max-whisper batch"
-_DEFAULTS = {f.name: f.default for f in fields(TranscriptionOptions)}
 
 EPILOG = """\
 examples:
@@ -36,7 +33,7 @@ DIR/results.jsonl (one JSON object per file). See docs/batch.md.
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``max-whisper batch``."""
-    from ..cli.args import language, optional_float, optional_int, str2bool
+    from ..cli.args import add_decoding_arguments
 
     p.epilog = EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -89,77 +86,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="max backend: auto, cpu or gpu (gpu: one GPU per actor)")
     g.add_argument("--dtype", default=None, help="compute type, for backends that offer more than one")
 
-    g = p.add_argument_group("decoding (as in max-whisper transcribe)")
-    g.add_argument(
-        "--language", type=language, default=_DEFAULTS["language"], help="language code or name; None detects"
-    )
-    g.add_argument("--task", choices=("transcribe", "translate"), default=_DEFAULTS["task"])
-    g.add_argument("--temperature", type=float, default=0.0, help="temperature to use for sampling (default: 0)")
-    g.add_argument(
-        "--temperature-increment-on-fallback",
-        type=optional_float,
-        default=0.2,
-        metavar="T",
-        help="fallback step; None disables the fallback (default: 0.2)",
-    )
-    g.add_argument(
-        "--beam-size",
-        type=optional_int,
-        default=_DEFAULTS["beam_size"],
-        metavar="N",
-        help="beams at temperature 0; None = greedy (default: 5)",
-    )
-    g.add_argument(
-        "--best-of",
-        type=optional_int,
-        default=_DEFAULTS["best_of"],
-        metavar="N",
-        help="candidates when sampling (default: 5)",
-    )
-    g.add_argument("--patience", type=float, default=_DEFAULTS["patience"])
-    g.add_argument("--length-penalty", type=float, default=_DEFAULTS["length_penalty"], metavar="ALPHA")
-    g.add_argument("--initial-prompt", default=_DEFAULTS["initial_prompt"], metavar="TEXT")
-    g.add_argument("--condition-on-previous-text", type=str2bool, default=True, metavar="BOOL")
-    g.add_argument(
-        "--compression-ratio-threshold",
-        type=optional_float,
-        default=_DEFAULTS["compression_ratio_threshold"],
-        metavar="R",
-    )
-    g.add_argument("--logprob-threshold", type=optional_float, default=_DEFAULTS["logprob_threshold"], metavar="LP")
-    g.add_argument("--no-speech-threshold", type=optional_float, default=_DEFAULTS["no_speech_threshold"], metavar="P")
-    g.add_argument(
-        "--word-timestamps",
-        type=str2bool,
-        default=False,
-        metavar="BOOL",
-        help="word-level timestamps (cpu and gpu backends)",
-    )
+    add_decoding_arguments(p)  # the same flags, names and defaults as max-whisper transcribe
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the job the flags describe; print the summary; return its :class:`ExitCode`."""
-    from ..cli.args import temperature_schedule
+    from ..cli.args import transcription_options
     from . import transcribe_many
 
-    options = {
-        name: getattr(args, name)
-        for name in (
-            "language",
-            "task",
-            "beam_size",
-            "best_of",
-            "patience",
-            "length_penalty",
-            "initial_prompt",
-            "condition_on_previous_text",
-            "compression_ratio_threshold",
-            "logprob_threshold",
-            "no_speech_threshold",
-            "word_timestamps",
-        )
-    }
-    options["temperature"] = temperature_schedule(args.temperature, args.temperature_increment_on_fallback)
+    options = transcription_options(args).whisper_options()
     summary = transcribe_many(
         args.inputs,
         args.output_dir,

@@ -168,6 +168,65 @@ def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
     )
     _add(g, "json_log", action="store_true", help="write log records to stderr as JSON lines (one object per line)")
 
+    add_decoding_arguments(p)
+
+    g = p.add_argument_group("word timestamps")
+    _add(
+        g,
+        "prepend_punctuations",
+        default=_DEFAULTS["prepend_punctuations"],
+        metavar="CHARS",
+        help="with word timestamps, merge these punctuation symbols with the next word",
+    )
+    _add(
+        g,
+        "append_punctuations",
+        default=_DEFAULTS["append_punctuations"],
+        metavar="CHARS",
+        help="with word timestamps, merge these punctuation symbols with the previous word",
+    )
+    _bool_flag(
+        g, "highlight_words", False, "(needs --word-timestamps) underline each word as it is spoken in srt and vtt"
+    )
+    _add(
+        g,
+        "max_line_width",
+        type=optional_int,
+        default=None,
+        metavar="N",
+        help="(needs --word-timestamps) the maximum number of characters in a line before breaking it",
+    )
+    _add(
+        g,
+        "max_line_count",
+        type=optional_int,
+        default=None,
+        metavar="N",
+        help="(needs --word-timestamps) the maximum number of lines in a segment",
+    )
+    _add(
+        g,
+        "max_words_per_line",
+        type=optional_int,
+        default=None,
+        metavar="N",
+        help="(needs --word-timestamps; no effect with --max-line-width) the maximum number of words in a segment",
+    )
+    _add(
+        g,
+        "hallucination_silence_threshold",
+        type=optional_float,
+        default=_DEFAULTS["hallucination_silence_threshold"],
+        metavar="SECONDS",
+        help="(needs --word-timestamps) skip silent periods longer than this when a possible hallucination is detected",
+    )
+
+
+# --------------------------------------------------------------------------- namespace -> objects
+
+
+def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
+    """The task, language and decoding flags, shared by ``transcribe`` and ``batch``."""
     g = p.add_argument_group("task and language")
     g.add_argument(
         "--task",
@@ -288,8 +347,6 @@ def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated start,end,start,end,... times (in seconds) of clips to process; the last end "
         "defaults to the end of the file",
     )
-
-    g = p.add_argument_group("word timestamps")
     _bool_flag(
         g,
         "word_timestamps",
@@ -297,58 +354,6 @@ def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
         "extract word-level timestamps (cross-attention alignment) and refine the segments with them; "
         "needs a backend with the PyTorch model (cpu, gpu)",
     )
-    _add(
-        g,
-        "prepend_punctuations",
-        default=_DEFAULTS["prepend_punctuations"],
-        metavar="CHARS",
-        help="with word timestamps, merge these punctuation symbols with the next word",
-    )
-    _add(
-        g,
-        "append_punctuations",
-        default=_DEFAULTS["append_punctuations"],
-        metavar="CHARS",
-        help="with word timestamps, merge these punctuation symbols with the previous word",
-    )
-    _bool_flag(
-        g, "highlight_words", False, "(needs --word-timestamps) underline each word as it is spoken in srt and vtt"
-    )
-    _add(
-        g,
-        "max_line_width",
-        type=optional_int,
-        default=None,
-        metavar="N",
-        help="(needs --word-timestamps) the maximum number of characters in a line before breaking it",
-    )
-    _add(
-        g,
-        "max_line_count",
-        type=optional_int,
-        default=None,
-        metavar="N",
-        help="(needs --word-timestamps) the maximum number of lines in a segment",
-    )
-    _add(
-        g,
-        "max_words_per_line",
-        type=optional_int,
-        default=None,
-        metavar="N",
-        help="(needs --word-timestamps; no effect with --max-line-width) the maximum number of words in a segment",
-    )
-    _add(
-        g,
-        "hallucination_silence_threshold",
-        type=optional_float,
-        default=_DEFAULTS["hallucination_silence_threshold"],
-        metavar="SECONDS",
-        help="(needs --word-timestamps) skip silent periods longer than this when a possible hallucination is detected",
-    )
-
-
-# --------------------------------------------------------------------------- namespace -> objects
 
 
 def check_arguments(args: argparse.Namespace) -> list[str]:
@@ -369,7 +374,7 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
 
 def transcription_options(args: argparse.Namespace) -> TranscriptionOptions:
     """The :class:`TranscriptionOptions` the flags ask for."""
-    values = {name: getattr(args, name) for name in _DEFAULTS if name not in ("temperature", "seed")}
+    values = {name: getattr(args, name, _DEFAULTS[name]) for name in _DEFAULTS if name not in ("temperature", "seed")}
     schedule = temperature_schedule(args.temperature, args.temperature_increment_on_fallback)
     return TranscriptionOptions(temperature=schedule, **values)
 
