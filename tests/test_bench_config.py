@@ -82,7 +82,7 @@ def test_a_bad_backend_opt_is_one_line_and_exit_2(flag: str, capsys: pytest.Capt
     code = command.main(["--backends", "cpu", "--audio", __file__, "--backend-opt", flag])
     err = capsys.readouterr().err
     assert code == ExitCode.USAGE == 2
-    assert err.count("\n") == 1 and err.startswith("max-whisper benchmark: error: ")
+    assert err.count("\n") == 1 and err.startswith("max-whisper: error: ")
     assert "--backend-opt" in err or "unknown backend 'tpu'" in err
 
 
