@@ -8,6 +8,7 @@ developer's machine and fails under ``CI=true``, so CI never passes without runn
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,15 @@ def shared_clip(name: str) -> Path:
             pytest.fail(f"{message} (CI=true: the shared clips are required)", pytrace=False)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def graph_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The max backend's store of compiled graphs, private to the test session (never the user's)."""
+    folder = tmp_path_factory.mktemp("graph-store")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAX_WHISPER_GRAPH_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -116,7 +116,7 @@ def test_exported_cpu_graphs_are_loaded_instead_of_compiled(
 
     export = tmp_path / "cpu"
     compiled = compile_graphs(CompileOptions(model=str(checkpoint_path), device="cpu", export=export))
-    assert [g.name for g in compiled] == ["encoder", "cross_kv", "decoder", "draft", "reorder"]
+    assert [g.name for g in compiled] == ["encoder", "cross_kv", "decoder", "draft"]
     start = time.perf_counter()
     backend = MaxBackend(str(checkpoint_path), device="cpu", precompiled=str(export))
     max_report.record_time("MaxBackend from exported CPU graphs: load + init", time.perf_counter() - start)
@@ -157,3 +157,102 @@ def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) 
     assert ("bf16" in decoder) == (dtype == "bfloat16")
     assert "bf16" not in str(built["cross_kv"])
     assert built["decoder"].name == ("whisper_decoder" if dtype == "float32" else "whisper_decoder_bfloat16")
+
+
+@pytest.mark.max
+def test_compiled_graphs_are_kept_and_loaded_without_building(
+    checkpoint_path: Path, tmp_path: Path, max_backend: Any, monkeypatch: pytest.MonkeyPatch, max_report: Any
+) -> None:
+    """The store of compiled graphs: a first backend writes one artifact per graph it loads; a second
+    loads them without building a single graph and transcribes to the session backend's tokens; an
+    unusable artifact is compiled again and replaced."""
+    require_max()
+    from max_whisper.audio import load_audio
+    from max_whisper.backends.whisper_max import graphs as graphs_module
+    from max_whisper.backends.whisper_max.artifacts import GRAPH_DIR_ENV
+    from max_whisper.backends.whisper_max.backend import MaxBackend
+    from max_whisper.decoding import transcribe
+
+    monkeypatch.setenv(GRAPH_DIR_ENV, str(tmp_path / "graphs"))
+    first = MaxBackend(str(checkpoint_path), device="cpu")
+    folder = first.models.store.folder
+    assert folder.parent == tmp_path / "graphs"
+    assert sorted(p.name for p in folder.glob("*.mef")) == ["cross_kv.mef", "decoder.mef", "encoder.mef"]
+    assert not list(folder.glob(".*"))  # no temporary file left behind
+
+    (folder / "cross_kv.mef").write_bytes(b"not a compiled graph")
+    built: list[str] = []
+    build = graphs_module.MaxWhisperGraphs.build
+    monkeypatch.setattr(
+        graphs_module.MaxWhisperGraphs, "build", lambda self, name: built.append(name) or build(self, name)
+    )
+    start = time.perf_counter()
+    second = MaxBackend(str(checkpoint_path), device="cpu")
+    max_report.record_time("MaxBackend from the store of compiled graphs (one rebuilt)", time.perf_counter() - start)
+    assert built == ["cross_kv"], built  # only the unusable artifact was built again
+    assert (folder / "cross_kv.mef").stat().st_size > 1000
+    assert second.models.loaded == ["encoder", "cross_kv", "decoder"]
+
+    clip = SHARED_AUDIO_DIR / "jfk.flac"
+    if not clip.is_file():
+        if IN_CI:
+            pytest.fail(f"{clip} is missing")
+        pytest.skip(f"{clip} not available")
+    audio = load_audio(clip)
+    for options in ({"temperature": 0.0}, {"temperature": 0.0, "beam_size": 5}):
+        ours = transcribe(second, audio, **options)
+        ref = transcribe(max_backend, audio, **options)
+        assert [s["tokens"] for s in ours["segments"]] == [s["tokens"] for s in ref["segments"]], options
+    # greedy loaded the draft on first use, and kept it; beam search needs no other graph on the CPU
+    assert sorted(second.models.loaded) == ["cross_kv", "decoder", "draft", "encoder"]
+    assert sorted(p.name for p in folder.glob("*.mef")) == ["cross_kv.mef", "decoder.mef", "draft.mef", "encoder.mef"]
+
+
+def test_graph_store_key_and_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The store's folder changes with the plan and the model's dimensions; ``off`` turns it off."""
+    require_max()
+    from max.driver import CPU
+    from whisper.model import ModelDimensions
+
+    from max_whisper.backends.whisper_max.artifacts import GRAPH_DIR_ENV, ArtifactStore, graph_store_root
+    from max_whisper.backends.whisper_max.graphs import GraphPlan
+
+    dims = ModelDimensions(80, 1500, 384, 6, 4, 51864, 448, 384, 6, 4)
+    other = ModelDimensions(80, 1500, 512, 8, 6, 51864, 448, 512, 8, 6)
+    monkeypatch.setenv(GRAPH_DIR_ENV, str(tmp_path))
+    a = ArtifactStore.for_graphs(dims, 50363, GraphPlan("cpu"), CPU())
+    assert a.folder.parent == tmp_path
+    assert a == ArtifactStore.for_graphs(dims, 50363, GraphPlan("cpu"), CPU())
+    assert a != ArtifactStore.for_graphs(other, 50363, GraphPlan("cpu"), CPU())
+    assert a != ArtifactStore.for_graphs(dims, 50363, GraphPlan("gpu"), CPU())
+    assert a != ArtifactStore.for_graphs(dims, 50364, GraphPlan("cpu"), CPU())
+    monkeypatch.setenv(GRAPH_DIR_ENV, "off")
+    assert graph_store_root() is None and ArtifactStore.for_graphs(dims, 50363, GraphPlan("cpu"), CPU()) is None
+
+
+@pytest.mark.max
+def test_gpu_reorder_graph_moves_the_held_positions_of_each_row(checkpoint: dict) -> None:
+    """The GPU plan's cache reorder, compiled and run on the CPU: row i becomes row index[i] for the
+    positions before ``end``, in place, and the positions from ``end`` on are left as they were."""
+    require_max()
+    import numpy as np
+    from max.driver import CPU, Buffer
+    from max.engine import InferenceSession
+    from whisper.model import ModelDimensions
+
+    from max_whisper.backends.whisper_max.graphs import GraphPlan, MaxWhisperGraphs, cache_shapes
+    from max_whisper.backends.whisper_max.layers import WeightSource
+
+    dims = ModelDimensions(**checkpoint["dims"])
+    graphs = MaxWhisperGraphs(dims, WeightSource({}, GraphPlan("cpu").device_ref), 50363, GraphPlan("cpu"))
+    model = InferenceSession(devices=[CPU()]).load(graphs.build_reorder())
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in cache_shapes(dims, 5)]
+    before = [a.copy() for a in arrays]
+    index, end = np.array([1, 1, 0, 4, 2]), 37
+    model.execute(Buffer.from_numpy(index), Buffer.from_numpy(np.array(end)), *(Buffer.from_numpy(a) for a in arrays))
+    for i, (got, old) in enumerate(zip(arrays, before, strict=True)):
+        held = (slice(None), slice(None), slice(0, end)) if i % 2 == 0 else (slice(None),) * 3 + (slice(0, end),)
+        rest = (slice(None), slice(None), slice(end, None)) if i % 2 == 0 else (slice(None),) * 3 + (slice(end, None),)
+        np.testing.assert_array_equal(got[held], old[index][held])
+        np.testing.assert_array_equal(got[rest], old[rest])

@@ -21,7 +21,7 @@ from whisper.model import ModelDimensions
 from whisper.tokenizer import get_tokenizer
 
 from ...config import DEFAULT_MODEL
-from ...errors import BackendUnavailableError, InputShapeError, MaxWhisperError, UsageError
+from ...errors import BackendUnavailableError, InputShapeError, UsageError
 from ...models import load_checkpoint
 from ..base import Backend, Capabilities
 
@@ -29,7 +29,8 @@ try:  # the MAX engine is an optional dependency: the other backends work withou
     from max.driver import CPU, Accelerator, Buffer, accelerator_count
     from max.engine import InferenceSession
 
-    from .graphs import DTYPES, GraphPlan, MaxWhisperGraphs
+    from .artifacts import ArtifactStore
+    from .graphs import DTYPES, GraphPlan, LoadedGraphs, MaxWhisperGraphs
     from .inference import MaxInference
     from .layers import WeightSource
     from .speculation import DecoderStats, SpeculationPolicy
@@ -106,14 +107,15 @@ class MaxBackend(Backend):
             # process, so --threads sets PyTorch's threads only (see docs/performance.md).
             self.session = InferenceSession(devices=[self.driver_device], precompiled_mefs=self.precompiled)
             self.weights = WeightSource(arrays, self.plan.device_ref)
-        with self.timer.stage("compile"):
-            graphs = MaxWhisperGraphs(self.dims, self.weights, self.tokenizer.timestamp_begin, self.plan)
-            try:
-                self.models = graphs.load_all(self.session)
-            except RuntimeError as exc:  # a precompiled folder without this graph (MissingArtifactError)
-                if self.precompiled is None:
-                    raise
-                raise MaxWhisperError(f"precompiled graphs in {self.precompiled} do not fit: {exc}") from exc
+        graphs = MaxWhisperGraphs(self.dims, self.weights, self.tokenizer.timestamp_begin, self.plan)
+        # exported artifacts (precompiled) replace the store of compiled graphs
+        store = None
+        if self.precompiled is None:
+            store = ArtifactStore.for_graphs(self.dims, self.tokenizer.timestamp_begin, self.plan, self.driver_device)
+        self.models = LoadedGraphs(graphs, self.session, store, self.timer)
+        # what every run uses; the draft (greedy, CPU) and the cache reorder (beams and best-of, GPU) on first use
+        for name in ("encoder", "cross_kv", "decoder"):
+            self.models[name]
 
     # -- host <-> MAX device ------------------------------------------------------------
     def to_device(self, array: np.ndarray) -> Buffer:
@@ -170,6 +172,8 @@ class MaxBackend(Backend):
             device=self.device_name,
             dtype=self.dtype,
             graphs=list(self.plan.graph_names),
+            graphs_loaded=self.models.loaded,
+            graph_store=None if self.models.store is None else str(self.models.store.folder),
             precompiled=self.precompiled,
             speculate=self.speculate,
             lookahead=self.speculation.lookahead,

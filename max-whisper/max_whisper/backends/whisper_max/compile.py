@@ -1,6 +1,7 @@
 """``max-whisper compile``: compile every graph the max backend uses, ahead of time.
 
-Compiled graphs land in MAX's compile cache (``$XDG_CACHE_HOME/modular``), so a later
+Compiled graphs land in MAX's compile cache (``$XDG_CACHE_HOME/modular``) and, for this
+machine's own device, in max-whisper's store of compiled graphs (:mod:`.artifacts`), so a later
 ``--backend max`` on this machine starts warm; with ``--export DIR`` they are also written
 as artifacts that ``--backend max`` loads on another machine instead of compiling
 (backend option ``precompiled=DIR`` or ``MAX_WHISPER_PRECOMPILED=DIR``).
@@ -95,6 +96,7 @@ def compile_graphs(
     from whisper.tokenizer import get_tokenizer
 
     from ...models import load_checkpoint
+    from .artifacts import ArtifactStore
     from .graphs import GraphPlan, MaxWhisperGraphs
     from .layers import WeightSource
     from .weights import state_dict_arrays
@@ -117,6 +119,10 @@ def compile_graphs(
     arrays = state_dict_arrays(checkpoint["model_state_dict"], draft=plan.draft, decoder_dtype=options.dtype)
     graphs = MaxWhisperGraphs(dims, WeightSource(arrays, plan.device_ref), tokenizer.timestamp_begin, plan)
     device = Accelerator() if options.device == "gpu" else CPU()
+    # for this machine's device, also into the store the backend loads compiled graphs from
+    store = (
+        None if options.target is not None else ArtifactStore.for_graphs(dims, tokenizer.timestamp_begin, plan, device)
+    )
 
     staging = None
     if options.export is not None:
@@ -130,7 +136,9 @@ def compile_graphs(
         compiled = []
         for name in names:
             start = time.perf_counter()
-            session.compile_reusing_mefs(graphs.build(name))
+            compiled_model = session.compile_reusing_mefs(graphs.build(name))
+            if store is not None:
+                store.save(compiled_model, name)
             compiled.append(CompiledGraph(name, time.perf_counter() - start))
             if on_compiled is not None:
                 on_compiled(compiled[-1])

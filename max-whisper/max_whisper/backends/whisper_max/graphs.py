@@ -14,8 +14,9 @@
     one token -> a guess of the next one and its margin, from the same blocks
     with 4-bit matrices (it writes its keys and values into the same cache; the
     ``decoder`` pass overwrites them with exact ones).
-``reorder``
-    gathers the self-attention cache along the batch axis in place (beam search).
+``reorder`` (GPU only: on the CPU the cache lives in host memory and numpy moves its rows)
+    gathers the self-attention cache along the batch axis in place, over the held
+    positions (beam search; and one prompt row copied to every beam).
 
 Each graph takes its weights through a weights registry (never as constants),
 so MAX's on-disk compile cache, or artifacts exported by ``max-whisper
@@ -24,15 +25,17 @@ compile``, serve every later process.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from max.dtype import DType
-from max.engine import InferenceSession
+from max.engine import InferenceSession, MissingArtifactError
 from max.graph import BufferType, DeviceRef, Graph, TensorType, ops
 from whisper.model import ModelDimensions
 
+from ...errors import MaxWhisperError
+from ...timing import StageTimer
+from .artifacts import ArtifactStore
 from .layers import N_TOTAL, AudioEncoder, KVCache, Span, TextDecoder, WeightSource
 
 DEVICES = ("cpu", "gpu")
@@ -70,7 +73,8 @@ class GraphPlan:
     @property
     def graph_names(self) -> tuple[str, ...]:
         names = ("encoder", "cross_kv", "decoder")
-        return names + ("draft", "reorder") if self.draft else names + ("reorder",)
+        # on the CPU the cache is reordered in host memory (inference.MaxInference._reorder)
+        return names + ("draft",) if self.device == "cpu" else names + ("reorder",)
 
     @property
     def device_ref(self) -> DeviceRef:
@@ -95,11 +99,13 @@ def cache_types(dims: ModelDimensions, device: DeviceRef) -> list:
 
 def cross_kv_types(dims: ModelDimensions, device: DeviceRef, draft: bool = False) -> list:
     """Graph input types of the cross-attention K/V [k_0, v_0, ...] (see ``TextDecoder.cross_kv``):
-    the exact decoder's layouts, or with ``draft`` the draft decoder's (keys and values swapped)."""
+    the exact decoder's layouts, one row per audio (``n_audio``, shared by that audio's beams or
+    samples), or with ``draft`` the draft decoder's (keys and values swapped, one row per token row)."""
     head, head_state, ctx = dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_audio_ctx
     dtype = DType.bfloat16 if draft else DType.float32
-    k = TensorType(dtype, ["batch", head, head_state, ctx], device)
-    v = TensorType(dtype, ["batch", head, ctx, head_state], device)
+    rows = "batch" if draft else "n_audio"
+    k = TensorType(dtype, [rows, head, head_state, ctx], device)
+    v = TensorType(dtype, [rows, head, ctx, head_state], device)
     return [v, k] * dims.n_text_layer if draft else [k, v] * dims.n_text_layer
 
 
@@ -134,21 +140,19 @@ class MaxWhisperGraphs:
             raise ValueError(f"graph {name!r} is not part of the {self.plan} plan")
         return self.builders[name]()
 
-    def load(self, session: InferenceSession, name: str):
-        """Compile (or reuse from MAX's cache / the session's precompiled artifacts) and bind the weights."""
-        return session.load(self.build(name), weights_registry=self.weights.registry())
-
-    def load_all(
-        self, session: InferenceSession, on_loaded: Callable[[str, float], None] | None = None
-    ) -> dict[str, object]:
-        """Every graph of the plan, loaded; ``on_loaded(name, seconds)`` after each."""
-        models = {}
-        for name in self.plan.graph_names:
-            start = time.perf_counter()
-            models[name] = self.load(session, name)
-            if on_loaded is not None:
-                on_loaded(name, time.perf_counter() - start)
-        return models
+    def load(self, session: InferenceSession, name: str, store: ArtifactStore | None = None):
+        """The graph ``name`` with its weights bound, ready to execute: from its artifact in ``store``
+        when there is one, else built and compiled (MAX's compile cache, or the session's
+        precompiled artifacts, may serve the compile) and then kept in ``store``."""
+        if name not in self.plan.graph_names:
+            raise ValueError(f"graph {name!r} is not part of the {self.plan} plan")
+        registry = self.weights.registry()
+        if store is not None and (model := store.load(session, name, registry)) is not None:
+            return model
+        compiled = session.compile_reusing_mefs(self.build(name))
+        if store is not None:
+            store.save(compiled, name)
+        return session.init(compiled, weights_registry=registry)
 
     # -- the graphs ------------------------------------------------------------------------
     def build_encoder(self) -> Graph:
@@ -204,12 +208,52 @@ class MaxWhisperGraphs:
         return graph
 
     def build_reorder(self) -> Graph:
-        """Gathers every cache buffer along the batch axis, in place (beam search)."""
-        inputs = [TensorType(DType.int64, ["batch"], self.device)] + cache_types(self.dims, self.device)
+        """(index, end, cache...): row i of every cache buffer becomes row index[i], in place, for the
+        held positions [0, end) only (beam search's reorder; also copies one prompt row to all rows)."""
+        inputs = [TensorType(DType.int64, ["batch"], self.device), SCALAR] + cache_types(self.dims, self.device)
         with Graph("whisper_cache_reorder", input_types=inputs) as graph:
-            index = graph.inputs[0].tensor
-            for value in graph.inputs[1:]:
-                buffer = value.buffer
-                ops.buffer_store(buffer, ops.rebind(ops.gather(ops.buffer_load(buffer), index, axis=0), buffer.shape))
+            index, end = graph.inputs[0].tensor, graph.inputs[1].tensor
+            held = (slice(0, end), N_TOTAL)
+            for i, value in enumerate(graph.inputs[2:]):
+                buffer = value.buffer  # keys (batch, head, ctx, head_state), values (batch, head, head_state, ctx)
+                where = [slice(None), slice(None), held, slice(None)] if i % 2 == 0 else [slice(None)] * 3 + [held]
+                rows = ops.gather(ops.slice_tensor(ops.buffer_load(buffer), where), index, axis=0)
+                ops.buffer_store_slice(buffer, rows, where)
             graph.output()
         return graph
+
+
+class LoadedGraphs(Mapping):
+    """The plan's graphs by name, each loaded (or compiled) the first time it is asked for.
+
+    A run needs only some of them: beam search and best-of never run the draft, greedy decoding
+    never reorders the cache (the GPU plan's ``reorder``).  Loading is timed as the ``compile`` stage of ``timer``.
+    """
+
+    def __init__(
+        self, graphs: MaxWhisperGraphs, session: InferenceSession, store: ArtifactStore | None, timer: StageTimer
+    ) -> None:
+        self.graphs, self.session, self.store, self.timer = graphs, session, store, timer
+        self._models: dict[str, object] = {}
+
+    def __getitem__(self, name: str):
+        if name not in self._models:
+            if name not in self.graphs.plan.graph_names:
+                raise KeyError(name)
+            with self.timer.stage("compile"):
+                try:
+                    self._models[name] = self.graphs.load(self.session, name, self.store)
+                except MissingArtifactError as exc:  # a session given precompiled artifacts that lack it
+                    raise MaxWhisperError(f"the precompiled graphs do not fit this model and plan: {exc}") from exc
+        return self._models[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.graphs.plan.graph_names)
+
+    def __len__(self) -> int:
+        return len(self.graphs.plan.graph_names)
+
+    @property
+    def loaded(self) -> list[str]:
+        """The graphs loaded so far."""
+        return list(self._models)

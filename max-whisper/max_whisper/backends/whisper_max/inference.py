@@ -47,9 +47,11 @@ class MaxInference(Inference):
         self.backend = backend
         self.stats = DecoderStats()
         self.cache: list[Buffer] | None = None
+        self.host_cache: list[np.ndarray] | None = None  # on the CPU: the arrays the cache buffers share
         self.cross_kv: list[Buffer] | None = None  # the exact decoder's
         self.draft_cross_kv: list[Buffer] | None = None  # the same, in the draft's layouts
         self.n_past = 0  # positions of the cache that hold the keys/values of the current history
+        self.n_audio = 0  # rows of audio features (cross K/V) of the current window
         self.first_row: Buffer | None = None  # rows=[0] on the device, made once (a one-token step's)
         self.bursts: BurstDecoder | None = None
         if backend.speculate:
@@ -69,10 +71,14 @@ class MaxInference(Inference):
         backend = self.backend
         n_batch, n_tokens = tokens.shape
         if self.cross_kv is None:
-            # whisper repeats the tokens of each window for beam search / best-of, not its features
-            if audio_features.shape[0] != n_batch:
-                audio_features = audio_features.repeat_interleave(n_batch // audio_features.shape[0], dim=0)
+            # whisper repeats the tokens of each audio for beam search / best-of, not its features:
+            # the cross K/V stay one row per audio, and the decoder shares them across that audio's rows
+            if n_batch % audio_features.shape[0]:
+                raise InputShapeError(
+                    f"{n_batch} token rows do not divide among {audio_features.shape[0]} audio feature rows"
+                )
             self.cross_kv, self.draft_cross_kv = backend.cross_kv(audio_features)
+            self.n_audio = audio_features.shape[0]
         if n_tokens > backend.dims.n_text_ctx:
             raise InputShapeError(f"the decoder context holds {backend.dims.n_text_ctx} tokens; got {n_tokens}")
         if self.cache is None:
@@ -85,22 +91,44 @@ class MaxInference(Inference):
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         if self.cache is None or list(source_indices) == list(range(len(source_indices))):
             return
-        backend = self.backend
-        backend.models["reorder"].execute(backend.to_device(np.asarray(source_indices, dtype=np.int64)), *self.cache)
+        self._reorder(source_indices)
         if self.bursts is not None:
             self.bursts.start(self.n_past)
 
     def cleanup_caching(self) -> None:
-        self.cache = None
+        self.cache = self.host_cache = None
         self.cross_kv = self.draft_cross_kv = None
         self.n_past = 0
         if self.bursts is not None:
             self.bursts.start(0)
 
     # -- decoder passes ---------------------------------------------------------------
-    def _pass(self, tokens: np.ndarray, start: int, rows: Sequence[int]) -> Buffer:
+    def _reorder(self, source_indices: Sequence[int]) -> None:
+        """Row i of the cache becomes row source_indices[i], for the held positions [0, n_past).
+
+        On the CPU the cache buffers share memory with host arrays, and only the rows that change
+        are copied, by numpy (most beam steps keep some beams in place); on a GPU the ``reorder``
+        graph gathers every row on the device."""
+        backend = self.backend
+        if self.host_cache is None:
+            index = backend.to_device(np.asarray(source_indices, dtype=np.int64))
+            backend.models["reorder"].execute(index, *span(0, self.n_past)[1:], *self.cache)
+            return
+        moves = [(row, source) for row, source in enumerate(source_indices) if row != source]
+        if not moves:
+            return
+        rows, sources = [row for row, _ in moves], [source for _, source in moves]
+        held = slice(0, self.n_past)
+        for i, array in enumerate(self.host_cache):  # keys (batch, head, ctx, d), values (batch, head, d, ctx)
+            if i % 2 == 0:
+                array[rows, :, held, :] = array[sources, :, held, :]  # the right side is a copy
+            else:
+                array[rows, :, :, held] = array[sources, :, :, held]
+
+    def _pass(self, tokens: np.ndarray, start: int, rows: Sequence[int], cache: list[Buffer] | None = None) -> Buffer:
         """Feed (batch, n_new) tokens at positions [start, start + n_new) (exact decoder): the logits
-        (batch, len(rows), n_vocab), still on the MAX device."""
+        (batch, len(rows), n_vocab), still on the MAX device.  ``cache``: the buffers to write (by
+        default the whole cache; the prompt pass may write a one-row view of it)."""
         backend = self.backend
         n_new = tokens.shape[1]
         mask = np.triu(np.full((n_new, start + n_new), -np.inf, dtype=np.float32), k=start + 1)
@@ -112,7 +140,7 @@ class MaxInference(Inference):
         else:
             rows_in = backend.to_device(np.asarray(rows, dtype=np.int64))
         logits = backend.models["decoder"].execute(
-            tokens_in, *span(start, n_new), mask_in, rows_in, *self.cache, *self.cross_kv
+            tokens_in, *span(start, n_new), mask_in, rows_in, *(self.cache if cache is None else cache), *self.cross_kv
         )[0]
         self.stats.steps += 1
         self.n_past = start + n_new
@@ -140,16 +168,25 @@ class MaxInference(Inference):
         probability, of the start-of-transcript token; the other rows are not computed and
         left as zeros (``torch.zeros`` maps untouched pages, where a NaN fill of the whole
         (batch, n_tokens, n_vocab) tensor cost ~24 ms per window).
+
+        Beam search and best-of give every row of one audio the same prompt: it is then run
+        once, in the first row of the cache, and copied to the other rows.
         """
         backend = self.backend
         n_batch, n_tokens = tokens.shape
         # one array per buffer: on the CPU a Buffer shares its numpy array's memory
-        self.cache = [
-            backend.to_device(np.zeros(shape, dtype=np.float32)) for shape in cache_shapes(backend.dims, n_batch)
-        ]
+        arrays = [np.zeros(shape, dtype=np.float32) for shape in cache_shapes(backend.dims, n_batch)]
+        self.cache = [backend.to_device(array) for array in arrays]
+        self.host_cache = arrays if backend.device_name == "cpu" else None
         sot = (tokens[0] == backend.tokenizer.sot).nonzero()
         rows = sorted({int(sot[0, 0]) if len(sot) else 0, n_tokens - 1})
-        row_logits = backend.to_torch(self._pass(tokens.numpy(), 0, rows))
+        shared = n_batch > 1 and self.n_audio == 1 and bool((tokens == tokens[:1]).all())
+        if shared:
+            first_rows = [buffer[0:1, :, :, :] for buffer in self.cache]  # views of row 0
+            row_logits = backend.to_torch(self._pass(tokens[:1].numpy(), 0, rows, cache=first_rows))
+            self._reorder([0] * n_batch)
+        else:
+            row_logits = backend.to_torch(self._pass(tokens.numpy(), 0, rows))
         logits = torch.zeros((n_batch, n_tokens, row_logits.shape[-1]))
         logits[:, rows] = row_logits
         if self.bursts is not None:

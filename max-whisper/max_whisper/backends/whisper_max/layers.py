@@ -248,10 +248,22 @@ class MultiHeadAttention:
         return self.out(attend(self.query(x), k_t, v, self.n_head, mask))
 
     def cross(self, x: TensorValue, k_audio: TensorValue, v_audio: TensorValue) -> TensorValue:
-        """Cross-attention over the audio keys/values (from :meth:`key_value`, once per window)."""
+        """Cross-attention over the audio keys/values (from :meth:`key_value`, once per window).
+
+        The float32 decoder's keys and values have one row per *audio* (n_audio), shared by the
+        rows of ``x`` that decode it: x (n_audio * group, n_new, state), audio-major as whisper's
+        ``repeat_interleave`` orders beams and samples.  Each audio's group of rows attends as one
+        sequence of group * n_new queries, so beams read the audio's keys and values once.  The
+        draft decoder (one row, one query) takes keys and values with the same batch as ``x``.
+        """
         if self.one_query:
             return self.out(attend_one(self.query(x), k_audio, v_audio, self.n_head))
-        return self.out(attend(self.query(x), k_audio, v_audio, self.n_head))
+        batch, n_new, state = x.shape
+        n_audio = k_audio.shape[0]
+        group = batch // n_audio
+        q = ops.rebind(self.query(x), [group * n_audio, n_new, state])  # asserts batch = n_audio * group
+        out = attend(ops.reshape(q, [n_audio, group * n_new, state]), k_audio, v_audio, self.n_head)
+        return self.out(ops.rebind(ops.reshape(out, [group * n_audio, n_new, state]), [batch, n_new, state]))
 
 
 class ResidualAttentionBlock:
