@@ -100,7 +100,8 @@ class MaxBackend(Backend):
             checkpoint = load_checkpoint(model)
             self.dims = ModelDimensions(**checkpoint["dims"])
             self.tokenizer = get_tokenizer(self.is_multilingual, num_languages=self.num_languages)
-            arrays = state_dict_arrays(checkpoint["model_state_dict"], draft=self.plan.draft, decoder_dtype=dtype)
+            # the draft's 4-bit copies are made when the draft graph is first loaded (greedy runs)
+            arrays = state_dict_arrays(checkpoint["model_state_dict"], draft=False, decoder_dtype=dtype)
             self.driver_device = Accelerator() if self.device_name == "gpu" else CPU()
             # MAX 26.7 creates its CPU device at import time with the default thread
             # count (one per core); asking the session for another count aborts the

@@ -37,6 +37,7 @@ from ...errors import MaxWhisperError
 from ...timing import StageTimer
 from .artifacts import ArtifactStore
 from .layers import N_TOTAL, AudioEncoder, KVCache, Span, TextDecoder, WeightSource
+from .weights import DRAFT_EMBEDDING, draft_arrays
 
 DEVICES = ("cpu", "gpu")
 #: Decoder weight types (the first is the default): float32 is token-identical to the cpu backend.
@@ -146,6 +147,8 @@ class MaxWhisperGraphs:
         precompiled artifacts, may serve the compile) and then kept in ``store``."""
         if name not in self.plan.graph_names:
             raise ValueError(f"graph {name!r} is not part of the {self.plan} plan")
+        if name == "draft":
+            self.add_draft_weights()
         registry = self.weights.registry()
         if store is not None and (model := store.load(session, name, registry)) is not None:
             return model
@@ -193,10 +196,17 @@ class MaxWhisperGraphs:
             graph.output(self.decoder.logits(hidden))
         return graph
 
+    def add_draft_weights(self) -> None:
+        """The draft decoder's 4-bit weights, made from the float32 ones the first time the draft is
+        built or loaded (0.3 s here: runs without greedy decoding never pay it)."""
+        if DRAFT_EMBEDDING not in self.weights.arrays:
+            self.weights.arrays.update(draft_arrays(self.weights.arrays))
+
     def build_draft(self) -> Graph:
         """(token, start, end, cache..., cross K/V...) -> (guess, margin), each (batch, 1).
 
         One token through the 4-bit draft blocks; its keys and values go into the cache at start."""
+        self.add_draft_weights()
         inputs = [TensorType(DType.int64, ["batch", 1], self.device), SCALAR, SCALAR]
         inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device, draft=True)
         with Graph(self._name("whisper_draft"), input_types=inputs) as graph:

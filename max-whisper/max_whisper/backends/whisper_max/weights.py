@@ -68,15 +68,26 @@ def state_dict_arrays(
         name: np.ascontiguousarray(t.detach().cpu().float().numpy()) for name, t in state_dict.items()
     }
     if draft:
-        arrays[DRAFT_EMBEDDING] = draft_embedding(arrays["decoder.token_embedding.weight"])
-        for name in [n for n in arrays if is_draft_matrix(n)]:
-            arrays[draft_name(name)] = quantize_q4_0(arrays[name])
+        arrays.update(draft_arrays(arrays))
     if decoder_dtype == "bfloat16":
         for name in [n for n in state_dict if is_decoder_matrix(n)]:
             arrays[name] = state_dict[name].detach().cpu().to(torch.bfloat16).contiguous()
     elif decoder_dtype != "float32":
         raise ValueError(f"unknown decoder dtype {decoder_dtype!r}")
     return arrays
+
+
+def draft_arrays(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The draft decoder's weights made from the registry ``arrays``: the 4-bit copies of the token
+    embedding (:data:`DRAFT_EMBEDDING`) and of the blocks' matrices (:func:`draft_name`)."""
+
+    def float32(value: Any) -> np.ndarray:
+        return value.float().numpy() if isinstance(value, torch.Tensor) else value
+
+    draft = {DRAFT_EMBEDDING: draft_embedding(float32(arrays["decoder.token_embedding.weight"]))}
+    for name in [n for n in arrays if is_draft_matrix(n)]:
+        draft[draft_name(name)] = quantize_q4_0(float32(arrays[name]))
+    return draft
 
 
 def draft_embedding(embedding: np.ndarray) -> np.ndarray:
