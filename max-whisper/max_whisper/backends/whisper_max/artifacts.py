@@ -66,6 +66,16 @@ def device_label(device: Any) -> str:
     return f"cpu:{platform.machine()}:{model or platform.processor()}:{flags}"
 
 
+def max_version() -> str:
+    """The installed MAX version (the compiled code depends on it)."""
+    try:
+        return metadata.version("max")
+    except metadata.PackageNotFoundError:  # installed under another distribution name
+        import max
+
+        return str(getattr(max, "__version__", "unknown"))
+
+
 def source_digest() -> str:
     """SHA256 over the graph-building modules' source."""
     digest = hashlib.sha256()
@@ -91,7 +101,7 @@ class ArtifactStore:
         if root is None:
             return None
         key = {
-            "max": metadata.version("max"),
+            "max": max_version(),
             "sources": source_digest(),
             "dims": asdict(dims),
             "timestamp_begin": timestamp_begin,
