@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from max_whisper.config import SHARED_AUDIO_DIR
+from conftest import shared_clip
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -120,12 +120,7 @@ def test_exported_cpu_graphs_are_loaded_instead_of_compiled(
     start = time.perf_counter()
     backend = MaxBackend(str(checkpoint_path), device="cpu", precompiled=str(export))
     max_report.record_time("MaxBackend from exported CPU graphs: load + init", time.perf_counter() - start)
-    clip = SHARED_AUDIO_DIR / "jfk.flac"
-    if not clip.is_file():
-        if IN_CI:
-            pytest.fail(f"{clip} is missing")
-        pytest.skip(f"{clip} not available")
-    audio = load_audio(clip)
+    audio = load_audio(shared_clip("jfk.flac"))
     ours = transcribe(backend, audio, temperature=0.0)
     ref = transcribe(max_backend, audio, temperature=0.0)
     assert [s["tokens"] for s in ours["segments"]] == [s["tokens"] for s in ref["segments"]]
@@ -193,12 +188,7 @@ def test_compiled_graphs_are_kept_and_loaded_without_building(
     assert (folder / "cross_kv.mef").stat().st_size > 1000
     assert second.models.loaded == ["encoder", "cross_kv", "decoder"]
 
-    clip = SHARED_AUDIO_DIR / "jfk.flac"
-    if not clip.is_file():
-        if IN_CI:
-            pytest.fail(f"{clip} is missing")
-        pytest.skip(f"{clip} not available")
-    audio = load_audio(clip)
+    audio = load_audio(shared_clip("jfk.flac"))
     for options in ({"temperature": 0.0}, {"temperature": 0.0, "beam_size": 5}):
         ours = transcribe(second, audio, **options)
         ref = transcribe(max_backend, audio, **options)

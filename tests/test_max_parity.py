@@ -419,44 +419,25 @@ def test_rearrange_kv_cache(
     features = random_features(rng, 1, dims).repeat(3, 1, 1)
     tokens = random_tokens(rng, 3, 3, dims)
     ours, theirs = max_backend.inference(3), PyTorchInference(torch_model, 3)
-    try:
+
+    def compare(name: str, tokens: torch.Tensor, features: torch.Tensor) -> None:
         with torch.no_grad():
-            for step, source in enumerate(([2, 0, 0], [1, 2, 1])):
-                check_logits(
-                    random_parity,
-                    f"decoder logits before reorder {step}",
-                    ours.logits(tokens, features),
-                    theirs.logits(tokens, features),
-                    tokens,
-                    tokenizer.sot,
-                )
-                ours.rearrange_kv_cache(source)
-                theirs.rearrange_kv_cache(source)
-                tokens = torch.cat([tokens[source], random_tokens(rng, 3, 1, dims)], dim=-1)
-            check_logits(
-                random_parity,
-                "decoder logits after two reorders",
-                ours.logits(tokens, features),
-                theirs.logits(tokens, features),
-                tokens,
-                tokenizer.sot,
-            )
+            got, ref = ours.logits(tokens, features), theirs.logits(tokens, features)
+        check_logits(random_parity, name, got, ref, tokens, tokenizer.sot)
+
+    try:
+        for step, source in enumerate(([2, 0, 0], [1, 2, 1])):
+            compare(f"decoder logits before reorder {step}", tokens, features)
+            ours.rearrange_kv_cache(source)
+            theirs.rearrange_kv_cache(source)
+            tokens = torch.cat([tokens[source], random_tokens(rng, 3, 1, dims)], dim=-1)
+        compare("decoder logits after two reorders", tokens, features)
     finally:
         ours.cleanup_caching()
         theirs.cleanup_caching()
     # after cleanup_caching the same inference object starts afresh
-    prompt = random_tokens(rng, 2, 2, dims)
-    features = random_features(rng, 2, dims)
     try:
-        with torch.no_grad():
-            check_logits(
-                random_parity,
-                "decoder logits after cleanup_caching",
-                ours.logits(prompt, features),
-                theirs.logits(prompt, features),
-                prompt,
-                tokenizer.sot,
-            )
+        compare("decoder logits after cleanup_caching", random_tokens(rng, 2, 2, dims), random_features(rng, 2, dims))
     finally:
         ours.cleanup_caching()
         theirs.cleanup_caching()

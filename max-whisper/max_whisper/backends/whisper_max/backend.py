@@ -115,8 +115,7 @@ class MaxBackend(Backend):
             store = ArtifactStore.for_graphs(self.dims, self.tokenizer.timestamp_begin, self.plan, self.driver_device)
         self.models = LoadedGraphs(graphs, self.session, store, self.timer)
         # what every run uses; the draft (greedy, CPU) and the cache reorder (beams and best-of, GPU) on first use
-        for name in ("encoder", "cross_kv", "decoder"):
-            self.models[name]
+        self.models.preload("encoder", "cross_kv", "decoder")
 
     # -- host <-> MAX device ------------------------------------------------------------
     def to_device(self, array: np.ndarray) -> Buffer:

@@ -116,7 +116,8 @@ def compile_graphs(
     with warnings.catch_warnings():  # whisper's tokenizer leaves its vocabulary file to the collector
         warnings.simplefilter("ignore", ResourceWarning)
         tokenizer = get_tokenizer(multilingual, num_languages=dims.n_vocab - 51765 - int(multilingual))
-    arrays = state_dict_arrays(checkpoint["model_state_dict"], draft=plan.draft, decoder_dtype=options.dtype)
+    # the draft's 4-bit weights are added by MaxWhisperGraphs when it builds the draft
+    arrays = state_dict_arrays(checkpoint["model_state_dict"], draft=False, decoder_dtype=options.dtype)
     graphs = MaxWhisperGraphs(dims, WeightSource(arrays, plan.device_ref), tokenizer.timestamp_begin, plan)
     device = Accelerator() if options.device == "gpu" else CPU()
     # for this machine's device, also into the store the backend loads compiled graphs from

@@ -263,6 +263,11 @@ class LoadedGraphs(Mapping):
     def __len__(self) -> int:
         return len(self.graphs.plan.graph_names)
 
+    def preload(self, *names: str) -> None:
+        """Load ``names`` now rather than on first use."""
+        for name in names:
+            self[name]
+
     @property
     def loaded(self) -> list[str]:
         """The graphs loaded so far."""

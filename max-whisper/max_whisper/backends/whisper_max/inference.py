@@ -18,11 +18,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .backend import MaxBackend
 
 
+def scalar(value: int) -> Buffer:
+    """An int64 host scalar (the graphs' slice bounds)."""
+    return Buffer.from_numpy(np.array(value, dtype=np.int64))
+
+
 def span(start: int, n_new: int) -> tuple[Buffer, Buffer]:
-    """The positions [start, start + n_new) as host scalars (the graphs' slice bounds)."""
-    return Buffer.from_numpy(np.array(start, dtype=np.int64)), Buffer.from_numpy(
-        np.array(start + n_new, dtype=np.int64)
-    )
+    """The positions [start, start + n_new) as host scalars."""
+    return scalar(start), scalar(start + n_new)
 
 
 class MaxInference(Inference):
@@ -112,12 +115,10 @@ class MaxInference(Inference):
         backend = self.backend
         if self.host_cache is None:
             index = backend.to_device(np.asarray(source_indices, dtype=np.int64))
-            backend.models["reorder"].execute(index, *span(0, self.n_past)[1:], *self.cache)
+            backend.models["reorder"].execute(index, scalar(self.n_past), *self.cache)
             return
-        moves = [(row, source) for row, source in enumerate(source_indices) if row != source]
-        if not moves:
-            return
-        rows, sources = [row for row, _ in moves], [source for _, source in moves]
+        rows = [row for row, source in enumerate(source_indices) if row != source]
+        sources = [source_indices[row] for row in rows]
         held = slice(0, self.n_past)
         for i, array in enumerate(self.host_cache):  # keys (batch, head, ctx, d), values (batch, head, d, ctx)
             if i % 2 == 0:
