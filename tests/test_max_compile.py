@@ -72,8 +72,9 @@ def test_export_to_a_foreign_folder_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.max
 def test_every_gpu_graph_compiles_for_sm_90a(checkpoint_path: Path, tmp_path: Path, max_report: Any) -> None:
-    """The GPU plan (float32, and the decoder with bfloat16 weights: the one graph that differs) compiles
-    for sm_90a without a GPU, and exports."""
+    """The GPU plan's transcription graphs (float32, and the decoder with bfloat16 weights: the one graph
+    that differs) compile for sm_90a without a GPU, and export.  (``cross_kv``'s operations are a part
+    of the encoder graph's, so they are compiled here too.)"""
     require_max()
     export = tmp_path / "sm_90a"
     start = time.perf_counter()
@@ -89,10 +90,10 @@ def test_every_gpu_graph_compiles_for_sm_90a(checkpoint_path: Path, tmp_path: Pa
             max_report.record_time(f"  sm_90a graph {fields[0]}", float(fields[1]))
     manifest = json.loads((export / "manifest.json").read_text())
     text = json.dumps(manifest)
-    for graph in ("whisper_encoder", "whisper_cross_kv", "whisper_decoder", "whisper_cache_reorder"):
+    for graph in ("whisper_encoder", "whisper_decoder", "whisper_cache_reorder"):
         assert graph in text, f"{graph} missing from the exported manifest"
     assert "whisper_draft" not in text, "the 4-bit draft (CPU-only kernels) must not be part of the GPU plan"
-    assert len(list(export.glob("*.mef"))) == 4
+    assert len(list(export.glob("*.mef"))) == 3
 
     start = time.perf_counter()
     result = run_cli(
@@ -116,7 +117,7 @@ def test_exported_cpu_graphs_are_loaded_instead_of_compiled(
 
     export = tmp_path / "cpu"
     compiled = compile_graphs(CompileOptions(model=str(checkpoint_path), device="cpu", export=export))
-    assert [g.name for g in compiled] == ["encoder", "cross_kv", "decoder", "draft"]
+    assert [g.name for g in compiled] == ["encoder", "decoder", "draft"]
     start = time.perf_counter()
     backend = MaxBackend(str(checkpoint_path), device="cpu", precompiled=str(export))
     max_report.record_time("MaxBackend from exported CPU graphs: load + init", time.perf_counter() - start)
@@ -139,7 +140,8 @@ def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) 
     from max_whisper.backends.whisper_max.weights import state_dict_arrays
 
     plan = GraphPlan("gpu", dtype)
-    assert plan.graph_names == ("encoder", "cross_kv", "decoder", "reorder") and not plan.draft
+    assert plan.transcription_graphs == ("encoder", "decoder", "reorder") and not plan.draft
+    assert plan.graph_names == plan.transcription_graphs + ("cross_kv",)
     arrays = state_dict_arrays(checkpoint["model_state_dict"], draft=plan.draft, decoder_dtype=dtype)
     assert not any(name.endswith(".q4_0") for name in arrays)
     graphs = MaxWhisperGraphs(ModelDimensions(**checkpoint["dims"]), WeightSource(arrays, plan.device_ref), 50363, plan)
@@ -150,7 +152,7 @@ def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) 
         assert "gpu" in text.lower(), f"{name} is not placed on the GPU"
     decoder = str(built["decoder"])
     assert ("bf16" in decoder) == (dtype == "bfloat16")
-    assert "bf16" not in str(built["cross_kv"])
+    assert "bf16" not in str(built["cross_kv"]) and "bf16" not in str(built["encoder"])
     assert built["decoder"].name == ("whisper_decoder" if dtype == "float32" else "whisper_decoder_bfloat16")
 
 
@@ -172,10 +174,10 @@ def test_compiled_graphs_are_kept_and_loaded_without_building(
     first = MaxBackend(str(checkpoint_path), device="cpu")
     folder = first.models.store.folder
     assert folder.parent == tmp_path / "graphs"
-    assert sorted(p.name for p in folder.glob("*.mef")) == ["cross_kv.mef", "decoder.mef", "encoder.mef"]
+    assert sorted(p.name for p in folder.glob("*.mef")) == ["decoder.mef", "encoder.mef"]
     assert not list(folder.glob(".*"))  # no temporary file left behind
 
-    (folder / "cross_kv.mef").write_bytes(b"not a compiled graph")
+    (folder / "encoder.mef").write_bytes(b"not a compiled graph")
     built: list[str] = []
     build = graphs_module.MaxWhisperGraphs.build
     monkeypatch.setattr(
@@ -184,18 +186,19 @@ def test_compiled_graphs_are_kept_and_loaded_without_building(
     start = time.perf_counter()
     second = MaxBackend(str(checkpoint_path), device="cpu")
     max_report.record_time("MaxBackend from the store of compiled graphs (one rebuilt)", time.perf_counter() - start)
-    assert built == ["cross_kv"], built  # only the unusable artifact was built again
-    assert (folder / "cross_kv.mef").stat().st_size > 1000
-    assert second.models.loaded == ["encoder", "cross_kv", "decoder"]
+    assert built == ["encoder"], built  # only the unusable artifact was built again
+    assert (folder / "encoder.mef").stat().st_size > 1000
+    assert second.models.loaded == ["encoder", "decoder"]
 
     audio = load_audio(shared_clip("jfk.flac"))
     for options in ({"temperature": 0.0}, {"temperature": 0.0, "beam_size": 5}):
         ours = transcribe(second, audio, **options)
         ref = transcribe(max_backend, audio, **options)
         assert [s["tokens"] for s in ours["segments"]] == [s["tokens"] for s in ref["segments"]], options
-    # greedy loaded the draft on first use, and kept it; beam search needs no other graph on the CPU
-    assert sorted(second.models.loaded) == ["cross_kv", "decoder", "draft", "encoder"]
-    assert sorted(p.name for p in folder.glob("*.mef")) == ["cross_kv.mef", "decoder.mef", "draft.mef", "encoder.mef"]
+    # greedy loaded the draft on first use, and kept it; beam search needs no other graph on the CPU,
+    # and the cross K/V came from the encoder graph
+    assert sorted(second.models.loaded) == ["decoder", "draft", "encoder"]
+    assert sorted(p.name for p in folder.glob("*.mef")) == ["decoder.mef", "draft.mef", "encoder.mef"]
 
 
 def test_graph_store_key_and_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -245,6 +245,17 @@ def test_cross_kv_real_features(
     _check_cross_kv(real_parity, "real features", max_backend, torch_model, real_features)
 
 
+def test_encoder_graph_makes_the_cross_kv_of_its_features(
+    max_backend: Any, torch_model: Any, real_mel: dict[str, Any], real_parity: Parity
+) -> None:
+    """The encoder graph's own cross K/V (what a transcription uses) against PyTorch's projections of
+    the features it returned; they are handed out for that tensor, not computed again."""
+    features = max_backend.encode(real_mel["mel"])
+    _check_cross_kv(real_parity, "the encoder graph's, real mel", max_backend, torch_model, features)
+    assert max_backend.cross_kv(features)[0][0] is max_backend.cross_kv(features)[0][0]
+    assert max_backend.cross_kv(features.clone())[0][0] is not max_backend.cross_kv(features)[0][0]
+
+
 def _decode_and_compare(
     parity: Parity,
     label: str,
@@ -465,12 +476,11 @@ class Probes:
             WeightSource,
             merge_heads,
         )
+        from max_whisper.backends.whisper_max.weights import state_dict_arrays
 
         self.Buffer = Buffer
         self.dims = d = torch_model.dims
-        arrays = {
-            k: np.ascontiguousarray(v.detach().cpu().float().numpy()) for k, v in torch_model.state_dict().items()
-        }
+        arrays = state_dict_arrays(torch_model.state_dict(), draft=False)
         device = DeviceRef.CPU()
         self.weights = weights = WeightSource(arrays, device)
         session = InferenceSession(devices=[CPU()])

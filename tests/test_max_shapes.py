@@ -134,6 +134,7 @@ class ShapeProbe:
 
     def __init__(self, name: str, model: Whisper, device: Any) -> None:
         from max_whisper.backends.whisper_max.layers import WeightSource
+        from max_whisper.backends.whisper_max.weights import state_dict_arrays
 
         class Prefixed(WeightSource):
             def get(self, weight_name: str) -> Any:
@@ -141,7 +142,7 @@ class ShapeProbe:
 
         prefix = name.replace(".", "_").replace("-", "_") + "/"
         self.name, self.dims, self.device = name, model.dims, device
-        arrays = {prefix + k: np.ascontiguousarray(v.detach().float().numpy()) for k, v in model.state_dict().items()}
+        arrays = {prefix + k: v for k, v in state_dict_arrays(model.state_dict(), draft=False).items()}
         self.weights = Prefixed(arrays, device)
         self.stem_names = ["conv1+gelu", "conv2+gelu", "+positional_embedding"]
         self.stem_names += [f"block {i}" for i in range(self.dims.n_audio_layer)] + ["ln_post"]

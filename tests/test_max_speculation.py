@@ -11,6 +11,8 @@ import pytest
 from max_whisper.audio import load_audio
 from max_whisper.backends.whisper_max.weights import (
     DRAFT_EMBEDDING,
+    TOKEN_EMBEDDING,
+    TOKEN_EMBEDDING_T,
     dequantize_q4_0,
     draft_embedding,
     draft_name,
@@ -68,6 +70,27 @@ def test_draft_copies_cover_every_matrix_the_draft_step_reads(checkpoint: dict) 
         assert arrays[draft_name(name)].shape == (rows, cols // 32 * 18) and arrays[draft_name(name)].dtype == np.uint8
     assert DRAFT_EMBEDDING in arrays
     assert not any(name.startswith("encoder.") and name.endswith(".q4_0") for name in arrays)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_registry_holds_the_token_embedding_transposed(checkpoint: dict, dtype: str) -> None:
+    """One copy of the embedding, (state, n_vocab) and contiguous (the layout the logits matmul reads
+    fastest); the draft's 4-bit embedding (of the float32 one) is made from it in whisper's row order."""
+    import torch
+
+    embedding = checkpoint["model_state_dict"][TOKEN_EMBEDDING]
+    arrays = state_dict_arrays(checkpoint["model_state_dict"], decoder_dtype=dtype)
+    assert TOKEN_EMBEDDING not in arrays
+    held = arrays[TOKEN_EMBEDDING_T]
+    if dtype == "bfloat16":
+        assert held.dtype == torch.bfloat16 and held.is_contiguous()
+        assert torch.equal(held, embedding.to(torch.bfloat16).t())
+    else:
+        assert held.flags["C_CONTIGUOUS"] and np.array_equal(held, embedding.float().numpy().T)
+        assert np.array_equal(
+            arrays[DRAFT_EMBEDDING][: embedding.shape[0]],
+            draft_embedding(embedding.float().numpy())[: embedding.shape[0]],
+        )
 
 
 @pytest.mark.max

@@ -397,24 +397,31 @@ def test_ctrl_c_leaves_no_partial_output_and_exits_130(model_env: dict[str, str]
     file's outputs are complete, the second has none (no temp dir either), exit 130, no traceback."""
     shared_clip(JFK.name)
     shared_clip(LONGFORM.name)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        python_cli("transcribe", JFK, LONGFORM, "-o", out, *GREEDY_FLAGS),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=model_env,
-    )
-    watcher = StreamWatcher(proc)
-    try:
-        started = watcher.wait_for(lambda w: w.text("stdout").strip() != "" and "%|" in w.text("stderr"), timeout=600)
-        assert started, f"the second file never started: {watcher.text('stderr')[-2000:]}"
-        time.sleep(1.0)
-        assert proc.poll() is None, "finished before it could be interrupted"
-        interrupt(proc)
-        code, stdout, stderr = watcher.finish(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    for attempt in range(2):
+        out = tmp_path / f"out{attempt}"
+        proc = subprocess.Popen(
+            python_cli("transcribe", JFK, LONGFORM, "-o", out, *GREEDY_FLAGS),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=model_env,
+        )
+        watcher = StreamWatcher(proc)
+        try:
+            started = watcher.wait_for(
+                lambda w: w.text("stdout").strip() != "" and "%|" in w.text("stderr"), timeout=600
+            )
+            assert started, f"the second file never started: {watcher.text('stderr')[-2000:]}"
+            time.sleep(1.0)
+            assert proc.poll() is None, "finished before it could be interrupted"
+            interrupt(proc)
+            code, stdout, stderr = watcher.finish(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        # a stalled test process may see the progress bar only as the child ends; a signal that lands
+        # after the last window cannot interrupt anything: that attempt proves nothing, run it again
+        if not (code == 0 and "100%|" in stderr):
+            break
     assert code == 130, stderr
     assert "Traceback" not in stderr
     assert error_lines(stderr)[-1] == "max-whisper: interrupted"

@@ -5,7 +5,10 @@ temperature fallback, thresholds, prompts, word timestamps) and
 ``DecodingTask`` (greedy / beam search, logit filters) are reused as they are.
 The only thing that changes between backends is the model computation:
 ``DecodingTask`` is given the backend's encoder and its ``Inference`` (decoder
-step + KV cache) instead of the PyTorch ones.
+step + KV cache) instead of the PyTorch ones.  A backend whose model step is
+fast enough for whisper's per-row host work to matter (``max``) may also ask for
+:mod:`max_whisper.token_strategies`: whisper's beam search and timestamp rules,
+batched, with the same tokens.
 
 Three things are added around whisper's ``transcribe``, none changing a result:
 
@@ -34,7 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 import whisper
-from whisper.decoding import BeamSearchDecoder, DecodingOptions, DecodingResult, DecodingTask, Inference
+from whisper.decoding import (
+    ApplyTimestampRules,
+    BeamSearchDecoder,
+    DecodingOptions,
+    DecodingResult,
+    DecodingTask,
+    Inference,
+)
 from whisper.decoding import detect_language as _whisper_detect_language
 
 from .audio import check_waveform
@@ -42,6 +52,7 @@ from .backends.base import Backend
 from .errors import UsageError
 from .mel import log_mel_spectrogram
 from .timing import StageTimer
+from .token_strategies import BatchedBeamSearchDecoder, BatchedTimestampRules
 
 
 class TimedInference(Inference):
@@ -134,12 +145,23 @@ class ModelAdapter:
 
 
 class BackendDecodingTask(DecodingTask):
-    """openai-whisper's ``DecodingTask`` with the backend's ``Inference``."""
+    """openai-whisper's ``DecodingTask`` with the backend's ``Inference`` (and, where the backend
+    asks for them, the batched twins of whisper's beam search and timestamp rules)."""
 
     def __init__(self, model: ModelAdapter, options: DecodingOptions) -> None:
         super().__init__(model, options)
         backend = model.backend
         self.inference = TimedInference(backend.inference(len(self.initial_tokens)), backend.timer)
+        if backend.batched_token_logic:
+            if isinstance(self.decoder, BeamSearchDecoder):
+                beams = self.decoder
+                self.decoder = BatchedBeamSearchDecoder(beams.beam_size, beams.eot, self.inference, beams.patience)
+            self.logit_filters = [
+                BatchedTimestampRules(f.tokenizer, f.sample_begin, f.max_initial_timestamp_index)
+                if type(f) is ApplyTimestampRules
+                else f
+                for f in self.logit_filters
+            ]
         if isinstance(self.decoder, BeamSearchDecoder):
             self.decoder.inference = self.inference
 

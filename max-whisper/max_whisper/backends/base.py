@@ -4,7 +4,9 @@ openai-whisper's ``DecodingTask`` drives two things: an encoder forward pass
 (mel -> audio features) and an ``Inference`` object (decoder step with its KV
 cache: ``logits``, ``rearrange_kv_cache``, ``cleanup_caching``).  A backend
 supplies exactly those; every token rule, timestamp rule, fallback and
-threshold stays in openai-whisper's code, run by :mod:`max_whisper.decoding`.
+threshold stays in openai-whisper's code, run by :mod:`max_whisper.decoding`
+(a backend may ask for the batched twins of two of whisper's classes,
+:mod:`max_whisper.token_strategies`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ class Backend(ABC):
     #: torch's thread count while this backend transcribes (None: leave it): a backend whose model
     #: runs outside torch keeps torch's token logic on one thread, off the model's cores.
     host_torch_threads: int | None = None
+    #: whether whisper's beam search and timestamp rules run as :mod:`max_whisper.token_strategies`
+    #: (the same tokens, one tensor operation per step instead of one per row); the cpu reference
+    #: keeps whisper's own classes.
+    batched_token_logic: bool = False
 
     def __init__(self, model: str = DEFAULT_MODEL, *, threads: int | None = None) -> None:
         self.model_name = model

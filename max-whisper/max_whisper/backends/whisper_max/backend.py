@@ -69,6 +69,7 @@ class MaxBackend(Backend):
 
     name = "max"
     host_torch_threads = 1
+    batched_token_logic = True
 
     def __init__(
         self,
@@ -115,7 +116,10 @@ class MaxBackend(Backend):
             store = ArtifactStore.for_graphs(self.dims, self.tokenizer.timestamp_begin, self.plan, self.driver_device)
         self.models = LoadedGraphs(graphs, self.session, store, self.timer)
         # what every run uses; the draft (greedy, CPU) and the cache reorder (beams and best-of, GPU) on first use
-        self.models.preload("encoder", "cross_kv", "decoder")
+        self.models.preload("encoder", "decoder")
+        # the last window's audio features (the torch tensor handed to whisper) and the cross K/V the
+        # encoder graph made from them: (features, exact, draft or None)
+        self._window: tuple[torch.Tensor, list[Buffer], list[Buffer] | None] | None = None
 
     # -- host <-> MAX device ------------------------------------------------------------
     def to_device(self, array: np.ndarray) -> Buffer:
@@ -132,10 +136,14 @@ class MaxBackend(Backend):
 
     # -- the Backend seam ---------------------------------------------------------------
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """The audio features; the cross K/V the same graph made from them wait on the device for
+        :meth:`cross_kv` (whisper hands the decoder this very tensor)."""
         self.check_mel(mel)
         with self.timer.stage("encode"):
-            out = self.models["encoder"].execute(self.to_device(mel.float().cpu().numpy()))[0]
-            return self.to_torch(out)
+            features, *buffers = self.models["encoder"].execute(self.to_device(mel.float().cpu().numpy()))
+            audio_features = self.to_torch(features)
+            self._window = (audio_features, *self._split_cross_kv(buffers))
+            return audio_features
 
     def inference(self, initial_token_length: int) -> MaxInference:
         inference = MaxInference(self, initial_token_length)
@@ -151,7 +159,13 @@ class MaxBackend(Backend):
                 f"audio features must have shape (batch, {expected[0]}, {expected[1]}), "
                 f"got {tuple(audio_features.shape)}"
             )
+        if self._window is not None and self._window[0] is audio_features:
+            return self._window[1], self._window[2]
+        # features from elsewhere (whisper's decode accepts them): the encoder's second half alone
         buffers = list(self.models["cross_kv"].execute(self.to_device(audio_features.float().cpu().numpy())))
+        return self._split_cross_kv(buffers)
+
+    def _split_cross_kv(self, buffers: list[Buffer]) -> tuple[list[Buffer], list[Buffer] | None]:
         n_kv = 2 * self.dims.n_text_layer
         return buffers[:n_kv], (buffers[n_kv:] if self.plan.draft else None)
 

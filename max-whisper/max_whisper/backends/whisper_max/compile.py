@@ -40,7 +40,7 @@ class CompileOptions:
     dtype: str = "float32"
     target: str | None = None  # a GPU architecture, compiled for in virtual-device mode
     export: Path | None = None
-    graphs: tuple[str, ...] | None = None  # None: every graph of the plan
+    graphs: tuple[str, ...] | None = None  # None: every graph a transcription may load
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CompileOptions:
@@ -102,7 +102,7 @@ def compile_graphs(
     from .weights import state_dict_arrays
 
     plan = GraphPlan(options.device, options.dtype)
-    names = options.graphs or plan.graph_names
+    names = options.graphs or plan.transcription_graphs
     unknown = [n for n in names if n not in plan.graph_names]
     if unknown:
         raise UsageError(
@@ -179,7 +179,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="decoder weight type")
     parser.add_argument(
-        "--graphs", metavar="NAMES", help="comma-separated subset of the plan's graphs (default: all)%(default).0s"
+        "--graphs",
+        metavar="NAMES",
+        help="comma-separated graphs of the plan (default: those a transcription loads: encoder, decoder, and "
+        "draft on the CPU or reorder on a GPU; cross_kv only serves audio features passed in)%(default).0s",
     )
     parser.add_argument(
         "--export",

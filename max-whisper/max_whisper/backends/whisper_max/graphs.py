@@ -1,11 +1,12 @@
 """The max backend's graphs: their signatures, which of them a device uses, and how they are built.
 
 ``encoder``
-    (batch, n_mels, 3000) log-mel -> (batch, n_audio_ctx, n_audio_state).
-``cross_kv``
-    audio features -> each decoder block's cross-attention keys and values,
-    computed once per window and kept on the MAX device (with the draft: the
-    same again in the draft decoder's bfloat16 layouts).
+    (batch, n_mels, 3000) log-mel -> (batch, n_audio_ctx, n_audio_state) audio
+    features, and from them each decoder block's cross-attention keys and values,
+    computed once per window and kept on the MAX device (with the draft: the same
+    again in the draft decoder's bfloat16 layouts).  One graph, not two: MAX
+    compiles each graph's kernels anew, so a second graph of the same matmuls
+    would cost a cold start about as much again (docs/performance.md, entry 28).
 ``decoder``
     new tokens + cross K/V -> logits of the rows whisper reads; the keys and
     values of the new tokens are written in place into the self-attention
@@ -17,6 +18,9 @@
 ``reorder`` (GPU only: on the CPU the cache lives in host memory and numpy moves its rows)
     gathers the self-attention cache along the batch axis in place, over the held
     positions (beam search; and one prompt row copied to every beam).
+``cross_kv`` (loaded only when asked for)
+    the encoder's second half alone: the cross K/V of audio features that did
+    not come from the ``encoder`` graph (whisper's ``decode`` accepts features).
 
 Each graph takes its weights through a weights registry (never as constants),
 so MAX's on-disk compile cache, or artifacts exported by ``max-whisper
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 
 from max.dtype import DType
 from max.engine import InferenceSession, MissingArtifactError
-from max.graph import BufferType, DeviceRef, Graph, TensorType, ops
+from max.graph import BufferType, DeviceRef, Graph, TensorType, TensorValue, ops
 from whisper.model import ModelDimensions
 
 from ...errors import MaxWhisperError
@@ -72,10 +76,16 @@ class GraphPlan:
         return self.device == "cpu"
 
     @property
-    def graph_names(self) -> tuple[str, ...]:
-        names = ("encoder", "cross_kv", "decoder")
+    def transcription_graphs(self) -> tuple[str, ...]:
+        """The graphs a transcription may load (what ``max-whisper compile`` compiles by default)."""
         # on the CPU the cache is reordered in host memory (inference.MaxInference._reorder)
-        return names + ("draft",) if self.device == "cpu" else names + ("reorder",)
+        return ("encoder", "decoder", "draft" if self.device == "cpu" else "reorder")
+
+    @property
+    def graph_names(self) -> tuple[str, ...]:
+        """Every graph of the plan: the transcription's, then ``cross_kv`` (for audio features that
+        did not come from the ``encoder`` graph)."""
+        return self.transcription_graphs + ("cross_kv",)
 
     @property
     def device_ref(self) -> DeviceRef:
@@ -159,22 +169,29 @@ class MaxWhisperGraphs:
 
     # -- the graphs ------------------------------------------------------------------------
     def build_encoder(self) -> Graph:
+        """log-mel -> (audio features, cross K/V..., draft cross K/V...)."""
         d = self.dims
         mel = TensorType(DType.float32, ["batch", d.n_mels, 2 * d.n_audio_ctx], self.device)
         with Graph("whisper_encoder", input_types=[mel]) as graph:
-            graph.output(self.encoder(graph.inputs[0].tensor))
+            audio_features = self.encoder(graph.inputs[0].tensor)
+            graph.output(audio_features, *self.cross_kv(audio_features))
         return graph
 
     def build_cross_kv(self) -> Graph:
+        """audio features -> (cross K/V..., draft cross K/V...)."""
         d = self.dims
         features = TensorType(DType.float32, ["batch", d.n_audio_ctx, d.n_audio_state], self.device)
         with Graph("whisper_cross_kv", input_types=[features]) as graph:
-            audio_features = graph.inputs[0].tensor
-            draft = []  # built first: the CPU plan's graph, op for op, is what MAX's compile cache holds
-            if self.draft_decoder is not None:
-                draft = [ops.cast(kv, DType.bfloat16) for kv in self.draft_decoder.cross_kv(audio_features)]
-            graph.output(*self.decoder.cross_kv(audio_features), *draft)
+            graph.output(*self.cross_kv(graph.inputs[0].tensor))
         return graph
+
+    def cross_kv(self, audio_features: TensorValue) -> list[TensorValue]:
+        """Every block's cross-attention [k_0, v_0, ...] in the exact decoder's layouts, then (with a
+        draft) the same in the draft decoder's bfloat16 layouts."""
+        draft = []
+        if self.draft_decoder is not None:
+            draft = [ops.cast(kv, DType.bfloat16) for kv in self.draft_decoder.cross_kv(audio_features)]
+        return [*self.decoder.cross_kv(audio_features), *draft]
 
     def build_decoder(self) -> Graph:
         """(tokens, start, end, mask, rows, cache..., cross K/V...) -> logits (batch, n_rows, n_vocab).
@@ -237,7 +254,8 @@ class LoadedGraphs(Mapping):
     """The plan's graphs by name, each loaded (or compiled) the first time it is asked for.
 
     A run needs only some of them: beam search and best-of never run the draft, greedy decoding
-    never reorders the cache (the GPU plan's ``reorder``).  Loading is timed as the ``compile`` stage of ``timer``.
+    never reorders the cache (the GPU plan's ``reorder``), and ``cross_kv`` serves only audio
+    features that the ``encoder`` graph did not make.  Loading is timed as the ``compile`` stage of ``timer``.
     """
 
     def __init__(

@@ -6,7 +6,8 @@ The classes here mirror openai-whisper's ``whisper/model.py`` (``AudioEncoder``,
 ``cross_attn``, ``mlp``, ``ln_post`` ...).  They do not hold numbers: called
 inside a ``max.graph.Graph`` they add the operations of their PyTorch twin to
 that graph, reading weights by their openai-whisper ``state_dict`` name from a
-:class:`WeightSource`.  Weights enter each graph as named ``Weight`` values
+:class:`WeightSource` (the token embedding is held transposed, under
+``weights.TOKEN_EMBEDDING_T``).  Weights enter each graph as named ``Weight`` values
 bound at load time through a weights registry, never as baked-in constants, so
 MAX's compile cache serves every later run.
 
@@ -28,7 +29,7 @@ from max.graph import BufferValue, DeviceRef, Graph, TensorValue, Weight, ops
 from max.graph.quantization import QuantizationEncoding
 from whisper.model import ModelDimensions
 
-from .weights import DRAFT_EMBEDDING, draft_name
+from .weights import DRAFT_EMBEDDING, TOKEN_EMBEDDING_T, draft_name
 
 #: openai-whisper's LayerNorm epsilon (torch's default).
 LN_EPS = 1e-5
@@ -85,11 +86,16 @@ class Linear:
 
 
 def matmul_t(x: TensorValue, w: TensorValue) -> TensorValue:
-    """``x @ w^T`` in ``x``'s type; a weight of another type (a bfloat16 decoder's) multiplies ``x``
+    """``x @ w^T`` in ``x``'s type (``w`` in torch's ``Linear`` layout, (out, in))."""
+    return matmul(x, ops.transpose(w, 0, 1))
+
+
+def matmul(x: TensorValue, w: TensorValue) -> TensorValue:
+    """``x @ w`` in ``x``'s type; a weight of another type (a bfloat16 decoder's) multiplies ``x``
     cast to its type, and the product is cast back."""
     if w.dtype == x.dtype:
-        return x @ ops.transpose(w, 0, 1)
-    return ops.cast(ops.cast(x, w.dtype) @ ops.transpose(w, 0, 1), x.dtype)
+        return x @ w
+    return ops.cast(ops.cast(x, w.dtype) @ w, x.dtype)
 
 
 def as_float32(x: TensorValue) -> TensorValue:
@@ -411,11 +417,18 @@ class TextDecoder:
             self.weights.get("decoder.positional_embedding"),
             [(slice(span.start, span.end), tokens.shape[1]), slice(None)],
         )
-        return as_float32(ops.gather(self.weights.get("decoder.token_embedding.weight"), tokens, axis=0)) + positional
+        return self.embedding_rows(tokens) + positional
+
+    def embedding_rows(self, tokens: TensorValue) -> TensorValue:
+        """float32 rows of the token embedding for int64 ``tokens`` of any shape: shape + (state,).
+        (The registry holds the embedding transposed, :data:`TOKEN_EMBEDDING_T`.)"""
+        columns = ops.gather(self.weights.get(TOKEN_EMBEDDING_T), tokens, axis=1)  # (state, *tokens.shape)
+        rank = len(tokens.shape)
+        return as_float32(ops.permute(columns, [*range(1, rank + 1), 0]))
 
     def logits(self, hidden: TensorValue) -> TensorValue:
         """(batch, n_rows, state) -> (batch, n_rows, n_vocab): against the token embedding."""
-        return matmul_t(hidden, self.weights.get("decoder.token_embedding.weight"))
+        return matmul(hidden, self.weights.get(TOKEN_EMBEDDING_T))
 
     def draft(self, hidden: TensorValue, timestamp_begin: int, n_vocab: int) -> tuple[TensorValue, TensorValue]:
         """Guess the token whisper will pick after each row: (guess, margin), each (batch, n_rows).
@@ -437,7 +450,7 @@ class TextDecoder:
         first = ops.argmax(text, axis=-1)
         second = ops.argmax(ops.where(text >= best_text, floor, text), axis=-1)
         candidates = ops.concat([first, second], axis=-1)  # (batch, n_rows, 2)
-        rows = as_float32(ops.gather(self.weights.get("decoder.token_embedding.weight"), candidates, axis=0))
+        rows = self.embedding_rows(candidates)  # (batch, n_rows, 2, state)
         exact = ops.squeeze(ops.sum(rows * ops.unsqueeze(hidden, 2), axis=-1), -1)  # (batch, n_rows, 2)
         first_exact, second_exact = exact[:, :, 0:1], exact[:, :, 1:2]
         text_guess = ops.where(second_exact > first_exact, second, first)

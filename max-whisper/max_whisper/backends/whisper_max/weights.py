@@ -2,7 +2,8 @@
 
 Every weight keeps its openai-whisper ``state_dict`` name and float32 values
 (or, for a ``bfloat16`` decoder, bfloat16 copies of the decoder's matrices under
-the same names: :func:`is_decoder_matrix`). Where the plan has a draft decoder
+the same names: :func:`is_decoder_matrix`), except the token embedding, which is
+held transposed (:data:`TOKEN_EMBEDDING_T`). Where the plan has a draft decoder
 (the CPU's), derived weights are added for it, the cheap model that the
 speculative greedy decoder uses to guess the next tokens: a 4-bit (GGML
 ``Q4_0``) copy of the token embedding (:data:`DRAFT_EMBEDDING`, 11 MB to read
@@ -18,7 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-#: Registry name of the 4-bit draft copy of ``decoder.token_embedding.weight``.
+#: openai-whisper's (n_vocab, state) token embedding: the input embedding and the logits matrix.
+TOKEN_EMBEDDING = "decoder.token_embedding.weight"
+#: Registry name of the token embedding transposed, (state, n_vocab), which the registry holds instead
+#: of :data:`TOKEN_EMBEDDING`: MAX's CPU matmul reads a (K, N) right-hand side at twice the rate of a
+#: transposed (N, K) one (docs/performance.md, entry 30), and the logits are most of a decoder step.
+TOKEN_EMBEDDING_T = "decoder.token_embedding.weight.T"
+#: Registry name of the 4-bit draft copy of the token embedding.
 DRAFT_EMBEDDING = "decoder.token_embedding.q4_0"
 #: GGML Q4_0 block: 32 weights -> a float16 scale and 16 bytes of 4-bit values.
 Q4_0_BLOCK = 32
@@ -67,13 +74,19 @@ def state_dict_arrays(
     arrays: dict[str, Any] = {
         name: np.ascontiguousarray(t.detach().cpu().float().numpy()) for name, t in state_dict.items()
     }
-    if draft:
-        arrays.update(draft_arrays(arrays))
     if decoder_dtype == "bfloat16":
         for name in [n for n in state_dict if is_decoder_matrix(n)]:
             arrays[name] = state_dict[name].detach().cpu().to(torch.bfloat16).contiguous()
     elif decoder_dtype != "float32":
         raise ValueError(f"unknown decoder dtype {decoder_dtype!r}")
+    embedding = arrays.pop(TOKEN_EMBEDDING)  # a bfloat16 torch tensor or a float32 array
+    if isinstance(embedding, torch.Tensor):
+        arrays[TOKEN_EMBEDDING_T] = embedding.t().contiguous()
+    else:
+        arrays[TOKEN_EMBEDDING_T] = np.ascontiguousarray(embedding.T)
+    del embedding  # one copy of the 80 MB (tiny) at a time
+    if draft:
+        arrays.update(draft_arrays(arrays))
     return arrays
 
 
@@ -84,7 +97,7 @@ def draft_arrays(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
     def float32(value: Any) -> np.ndarray:
         return value.float().numpy() if isinstance(value, torch.Tensor) else value
 
-    draft = {DRAFT_EMBEDDING: draft_embedding(float32(arrays["decoder.token_embedding.weight"]))}
+    draft = {DRAFT_EMBEDDING: draft_embedding(float32(arrays[TOKEN_EMBEDDING_T]).T)}
     for name in [n for n in arrays if is_draft_matrix(n)]:
         draft[draft_name(name)] = quantize_q4_0(float32(arrays[name]))
     return draft

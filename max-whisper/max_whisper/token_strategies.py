@@ -1,0 +1,127 @@
+"""whisper's beam search and timestamp rules with their per-row tensor work batched.
+
+openai-whisper's ``BeamSearchDecoder.update`` and ``ApplyTimestampRules.apply`` walk
+the rows of a step one by one and touch each candidate through 0-d tensors
+(``topk`` per row, ``.item()`` per candidate, ``logsumexp`` per row).  With five
+beams that host-side work costs 5-6 ms a step on two cores, a fifth of a max
+beam step (docs/performance.md, entry 29).  The two classes below are the same
+algorithms with one tensor operation per step where whisper has one per row: the
+same candidates, scores (float32 sums), stable ordering and finished sets, so the
+tokens are whisper's (``tests/test_token_strategies.py`` compares them on seeded
+logits with ties, and the end-to-end tests on real speech).
+
+Backends opt in through ``Backend.batched_token_logic``; the ``cpu`` reference keeps
+whisper's own classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from whisper.decoding import ApplyTimestampRules, BeamSearchDecoder
+
+
+class BatchedBeamSearchDecoder(BeamSearchDecoder):
+    """whisper's beam search step, with one ``topk`` and one host transfer per step."""
+
+    def update(self, tokens: Tensor, logits: Tensor, sum_logprobs: Tensor) -> tuple[Tensor, bool]:
+        if tokens.shape[0] % self.beam_size != 0:
+            raise ValueError(f"{tokens.shape}[0] % {self.beam_size} != 0")
+
+        n_audio = tokens.shape[0] // self.beam_size
+        if self.finished_sequences is None:  # for the first update
+            self.finished_sequences = [{} for _ in range(n_audio)]
+
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        top_logprobs, top_tokens = logprobs.topk(self.beam_size + 1)
+        # float32 sums, as whisper's (sum_logprobs[idx] + logprob).item()
+        candidate_scores = (sum_logprobs.unsqueeze(1) + top_logprobs).tolist()
+        candidate_tokens = top_tokens.tolist()
+        prefixes = [tuple(row) for row in tokens.tolist()]
+
+        next_tokens, source_indices, next_scores, finished_sequences = [], [], [], []
+        for i in range(n_audio):
+            scores, sources, finished = {}, {}, {}
+            # STEP 1: the cumulative log probabilities of the candidates (a sequence met twice keeps
+            # its last score and source, as in whisper's dicts)
+            for idx in range(i * self.beam_size, (i + 1) * self.beam_size):
+                for score, token in zip(candidate_scores[idx], candidate_tokens[idx], strict=True):
+                    sequence = prefixes[idx] + (token,)
+                    scores[sequence] = score
+                    sources[sequence] = idx
+            # STEP 2: rank the candidates and keep the top beam_size sequences for each audio
+            saved = 0
+            for sequence in sorted(scores, key=scores.get, reverse=True):
+                if sequence[-1] == self.eot:
+                    finished[sequence] = scores[sequence]
+                else:
+                    next_scores.append(scores[sequence])
+                    next_tokens.append(sequence)
+                    source_indices.append(sources[sequence])
+                    saved += 1
+                    if saved == self.beam_size:
+                        break
+            finished_sequences.append(finished)
+
+        sum_logprobs[: len(next_scores)] = torch.tensor(next_scores, dtype=sum_logprobs.dtype)
+        tokens = torch.tensor(next_tokens, device=tokens.device)
+        self.inference.rearrange_kv_cache(source_indices)
+
+        # add newly finished sequences to self.finished_sequences
+        assert len(self.finished_sequences) == len(finished_sequences)
+        for previously_finished, newly_finished in zip(self.finished_sequences, finished_sequences, strict=True):
+            for seq in sorted(newly_finished, key=newly_finished.get, reverse=True):
+                if len(previously_finished) >= self.max_candidates:
+                    break  # the candidate list is full
+                previously_finished[seq] = newly_finished[seq]
+
+        # mark as completed if all audio has enough number of samples
+        completed = all(len(sequences) >= self.max_candidates for sequences in self.finished_sequences)
+        return tokens, completed
+
+
+class BatchedTimestampRules(ApplyTimestampRules):
+    """whisper's timestamp rules, reading the sampled tokens once and deciding every row's
+    "timestamp or text" rule with one ``logsumexp`` and one ``max``."""
+
+    def apply(self, logits: Tensor, tokens: Tensor) -> None:
+        timestamp_begin, eot = self.tokenizer.timestamp_begin, self.tokenizer.eot
+        # suppress <|notimestamps|> which is handled by without_timestamps
+        if self.tokenizer.no_timestamps is not None:
+            logits[:, self.tokenizer.no_timestamps] = -np.inf
+
+        # timestamps have to appear in pairs, except directly before EOT; mask logits accordingly
+        for k, seq in enumerate(tokens[:, self.sample_begin :].tolist()):
+            last_was_timestamp = len(seq) >= 1 and seq[-1] >= timestamp_begin
+            penultimate_was_timestamp = len(seq) < 2 or seq[-2] >= timestamp_begin
+            if last_was_timestamp:
+                if penultimate_was_timestamp:  # has to be non-timestamp
+                    logits[k, timestamp_begin:] = -np.inf
+                else:  # cannot be normal text tokens
+                    logits[k, :eot] = -np.inf
+
+            last_timestamp = next((t for t in reversed(seq) if t >= timestamp_begin), None)
+            if last_timestamp is not None:
+                # timestamps shouldn't decrease; forbid timestamp tokens smaller than the last
+                # also force each segment to have a nonzero length, to prevent infinite looping
+                if not (last_was_timestamp and not penultimate_was_timestamp):
+                    last_timestamp += 1
+                logits[k, timestamp_begin:last_timestamp] = -np.inf
+
+        if tokens.shape[1] == self.sample_begin:
+            # suppress generating non-timestamp tokens at the beginning
+            logits[:, :timestamp_begin] = -np.inf
+            # apply the `max_initial_timestamp` option
+            if self.max_initial_timestamp_index is not None:
+                last_allowed = timestamp_begin + self.max_initial_timestamp_index
+                logits[:, last_allowed + 1 :] = -np.inf
+
+        # if sum of probability over timestamps is above any other token, sample timestamp
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        timestamp_logprob = logprobs[:, timestamp_begin:].logsumexp(dim=-1)
+        max_text_token_logprob = logprobs[:, :timestamp_begin].amax(dim=-1)
+        rows = (timestamp_logprob > max_text_token_logprob).nonzero().flatten().tolist()
+        if rows:
+            logits[rows, :timestamp_begin] = -np.inf

@@ -1,0 +1,124 @@
+"""The batched twins of whisper's beam search and timestamp rules give whisper's results exactly.
+
+Seeded logits with ties (values on a coarse grid), token histories with timestamp pairs, single
+timestamps and none, several audios per batch and the first beam step (identical rows); each case runs
+whisper's class and ours on copies of the same inputs and compares every output bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from whisper.decoding import ApplyTimestampRules, BeamSearchDecoder, DecodingOptions, Inference
+from whisper.tokenizer import get_tokenizer
+
+from max_whisper.decoding import BackendDecodingTask, ModelAdapter
+from max_whisper.token_strategies import BatchedBeamSearchDecoder, BatchedTimestampRules
+
+TOKENIZER = get_tokenizer(multilingual=False)
+N_VOCAB = 51864
+SAMPLE_BEGIN = 3  # sot, no-speech-free english prompt: <|startoftranscript|> + 2 tokens before sampling
+
+
+class RecordingInference(Inference):
+    """Records the cache reorders a beam decoder asks for."""
+
+    def __init__(self) -> None:
+        self.reorders: list[list[int]] = []
+
+    def rearrange_kv_cache(self, source_indices) -> None:
+        self.reorders.append(list(source_indices))
+
+
+def coarse_logits(rng: np.random.Generator, rows: int) -> torch.Tensor:
+    """Logits on a grid of 0.25 (many exact ties), a few rows' timestamp range raised."""
+    logits = np.round(rng.normal(0.0, 3.0, size=(rows, N_VOCAB)) * 4) / 4
+    for row in rng.choice(rows, size=max(1, rows // 2), replace=False):
+        logits[row, TOKENIZER.timestamp_begin :] += rng.uniform(0, 8)
+    return torch.from_numpy(logits.astype(np.float32))
+
+
+def history(rng: np.random.Generator, length: int) -> list[int]:
+    """Sampled tokens: text, timestamp pairs, and sometimes a single trailing timestamp."""
+    tokens, stamp = [], TOKENIZER.timestamp_begin
+    while len(tokens) < length:
+        kind = rng.integers(0, 4)
+        if kind == 0:
+            stamp += int(rng.integers(0, 30))
+            tokens += [stamp, stamp] if rng.integers(0, 2) else [stamp]
+        else:
+            tokens.append(int(rng.integers(0, TOKENIZER.eot)))
+    return tokens[:length]
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("max_initial", [None, 50])
+def test_timestamp_rules_mask_the_same_logits(seed: int, max_initial: int | None) -> None:
+    rng = np.random.default_rng(seed)
+    rows = int(rng.integers(1, 7))
+    length = int(rng.integers(0, 40)) if seed else 0  # seed 0: the first step (no sampled token)
+    prompt = [TOKENIZER.sot, TOKENIZER.transcribe, TOKENIZER.no_timestamps][:SAMPLE_BEGIN]
+    tokens = torch.tensor([prompt + history(rng, length) for _ in range(rows)], dtype=torch.long)
+    logits = coarse_logits(rng, rows)
+    theirs, ours = logits.clone(), logits.clone()
+    ApplyTimestampRules(TOKENIZER, SAMPLE_BEGIN, max_initial).apply(theirs, tokens)
+    BatchedTimestampRules(TOKENIZER, SAMPLE_BEGIN, max_initial).apply(ours, tokens)
+    assert torch.equal(theirs, ours)
+    assert torch.isinf(ours).any()  # the case masked something
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("n_audio", [1, 2])
+def test_beam_search_steps_are_whispers(seed: int, n_audio: int) -> None:
+    beam, steps = 5, 12
+    rng = np.random.default_rng(100 + seed)
+    n = n_audio * beam
+    prompt = [TOKENIZER.sot, TOKENIZER.transcribe, TOKENIZER.no_timestamps]
+    decoders: list[Any] = []
+    states = []
+    for cls in (BeamSearchDecoder, BatchedBeamSearchDecoder):
+        inference = RecordingInference()
+        decoders.append((cls(beam, TOKENIZER.eot, inference, patience=None if seed % 2 else 2.0), inference))
+        states.append([torch.tensor([prompt] * n, dtype=torch.long), torch.zeros(n)])
+    for step in range(steps):
+        logits = coarse_logits(rng, n)
+        if step % 3 == 2:  # make the end of text likely for some rows
+            logits[rng.choice(n, size=2, replace=False), TOKENIZER.eot] = 30.0
+        results = []
+        for (decoder, _), state in zip(decoders, states, strict=True):
+            tokens, completed = decoder.update(state[0], logits.clone(), state[1])
+            state[0] = tokens
+            results.append((tokens, completed))
+        (theirs, their_done), (ours, our_done) = results
+        assert torch.equal(theirs, ours), f"step {step}"
+        assert their_done == our_done
+        assert torch.equal(states[0][1], states[1][1]), f"sum_logprobs, step {step}"
+        if their_done:
+            break
+    (whisper_decoder, whisper_inference), (our_decoder, our_inference) = decoders
+    assert whisper_inference.reorders == our_inference.reorders
+    assert [list(f.items()) for f in whisper_decoder.finished_sequences] == [
+        list(f.items()) for f in our_decoder.finished_sequences
+    ]
+    assert any(whisper_decoder.finished_sequences), "no case ended a sequence"
+    theirs = whisper_decoder.finalize(states[0][0].reshape(n_audio, beam, -1), states[0][1].reshape(n_audio, beam))
+    ours = our_decoder.finalize(states[1][0].reshape(n_audio, beam, -1), states[1][1].reshape(n_audio, beam))
+    assert [[t.tolist() for t in audio] for audio in theirs[0]] == [[t.tolist() for t in audio] for audio in ours[0]]
+    assert theirs[1] == ours[1]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_decoding_task_uses_the_strategies_a_backend_asks_for(cpu_backend: Any, batched: bool) -> None:
+    backend = cpu_backend
+    backend.batched_token_logic = batched  # an instance attribute over the class's False
+    try:
+        task = BackendDecodingTask(ModelAdapter(backend), DecodingOptions(beam_size=5, fp16=False))
+    finally:
+        del backend.batched_token_logic
+    assert isinstance(task.decoder, BatchedBeamSearchDecoder) == batched
+    assert task.decoder.inference is task.inference
+    rules = [f for f in task.logit_filters if isinstance(f, ApplyTimestampRules)]
+    assert len(rules) == 1 and isinstance(rules[0], BatchedTimestampRules) == batched
