@@ -392,6 +392,13 @@ def test_bad_files_do_not_stop_the_good_ones(cli_run: Any, jfk_reference: str, t
 # =========================================================================== 4. interruption
 
 
+def as_from_a_terminal() -> None:
+    """In the child, before exec: SIGINT unblocked and at its default, as a shell starts a command (the
+    test process may have inherited a blocked or ignored SIGINT from an earlier test's libraries)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_leaves_no_partial_output_and_exits_130(model_env: dict[str, str], tmp_path: Path) -> None:
     """``transcribe jfk.flac longform.flac``: SIGINT once the second file's progress bar shows. The first
     file's outputs are complete, the second has none (no temp dir either), exit 130, no traceback."""
@@ -404,6 +411,7 @@ def test_ctrl_c_leaves_no_partial_output_and_exits_130(model_env: dict[str, str]
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=model_env,
+            preexec_fn=as_from_a_terminal,
         )
         watcher = StreamWatcher(proc)
         try:
