@@ -167,8 +167,9 @@ class MaxInference(Inference):
 
         whisper reads the logits of the last token and, for the no-speech
         probability, of the start-of-transcript token; the other rows are not computed and
-        left as zeros (``torch.zeros`` maps untouched pages, where a NaN fill of the whole
-        (batch, n_tokens, n_vocab) tensor cost ~24 ms per window).
+        left as zeros.  The zeros are numpy's, whose untouched pages are never written:
+        ``torch.zeros`` writes every page, 88 ms for beam search's (5, 200, n_vocab) and
+        as many MB of memory (docs/performance.md, entry 32).
 
         Beam search and best-of give every row of one audio the same prompt: it is then run
         once, in the first row of the cache, and copied to the other rows.
@@ -188,7 +189,7 @@ class MaxInference(Inference):
             self._reorder([0] * n_batch)
         else:
             row_logits = backend.to_torch(self._pass(tokens.numpy(), 0, rows))
-        logits = torch.zeros((n_batch, n_tokens, row_logits.shape[-1]))
+        logits = torch.from_numpy(np.zeros((n_batch, n_tokens, row_logits.shape[-1]), dtype=np.float32))
         logits[:, rows] = row_logits
         if self.bursts is not None:
             self.bursts.start(self.n_past)
