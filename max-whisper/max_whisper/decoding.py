@@ -155,14 +155,14 @@ class BackendDecodingTask(DecodingTask):
         if backend.batched_token_logic:
             if isinstance(self.decoder, BeamSearchDecoder):
                 beams = self.decoder
-                self.decoder = BatchedBeamSearchDecoder(beams.beam_size, beams.eot, self.inference, beams.patience)
+                self.decoder = BatchedBeamSearchDecoder(beams.beam_size, beams.eot, beams.inference, beams.patience)
             self.logit_filters = [
                 BatchedTimestampRules(f.tokenizer, f.sample_begin, f.max_initial_timestamp_index)
                 if type(f) is ApplyTimestampRules
                 else f
                 for f in self.logit_filters
             ]
-        if isinstance(self.decoder, BeamSearchDecoder):
+        if isinstance(self.decoder, BeamSearchDecoder):  # whisper's or the batched one: it reorders our cache
             self.decoder.inference = self.inference
 
 
