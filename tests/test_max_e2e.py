@@ -117,3 +117,17 @@ def test_sampling_best_of5_same_tokens(cpu_backend: Any, max_backend: Any, trans
     ours = transcripts.get(max_backend, JFK, "sample5")
     assert segment_tokens(ours) == segment_tokens(ref), first_difference(ours, ref)
     assert ours["text"] == ref["text"]
+
+
+def test_a_window_decoded_again_is_not_encoded_again(max_backend: Any) -> None:
+    """whisper encodes a window again at each fallback temperature: the max backend reuses the
+    features of the same log-mel, and encodes any other (even one changed in place)."""
+    mel = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0))
+    runs = max_backend.timer.calls["encode"]
+    features = max_backend.encode(mel)
+    assert max_backend.encode(mel.clone()) is features  # equal log-mel, another tensor
+    assert max_backend.timer.calls["encode"] == runs + 1
+    mel[0, 0, 0] += 1.0
+    changed = max_backend.encode(mel)
+    assert max_backend.timer.calls["encode"] == runs + 2
+    assert changed is not features and not torch.equal(changed, features)

@@ -1,8 +1,9 @@
-"""The batched twins of whisper's beam search and timestamp rules give whisper's results exactly.
+"""The batched twins of whisper's token decoders and timestamp rules give whisper's results exactly.
 
 Seeded logits with ties (values on a coarse grid), token histories with timestamp pairs, single
 timestamps and none, several audios per batch and the first beam step (identical rows); each case runs
-whisper's class and ours on copies of the same inputs and compares every output bit for bit.
+whisper's class and ours on copies of the same inputs and compares every output bit for bit, alone
+and as whole steps (the rules, then the decoder, sharing one log-softmax).
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from whisper.decoding import ApplyTimestampRules, BeamSearchDecoder, DecodingOptions, Inference
+from whisper.decoding import ApplyTimestampRules, BeamSearchDecoder, DecodingOptions, GreedyDecoder, Inference
 from whisper.tokenizer import get_tokenizer
 
 from max_whisper.decoding import BackendDecodingTask, ModelAdapter
-from max_whisper.token_strategies import BatchedBeamSearchDecoder, BatchedTimestampRules
+from max_whisper.token_strategies import (
+    BatchedBeamSearchDecoder,
+    BatchedGreedyDecoder,
+    BatchedTimestampRules,
+    StepLogProbs,
+)
 
 TOKENIZER = get_tokenizer(multilingual=False)
 N_VOCAB = 51864
@@ -110,15 +116,91 @@ def test_beam_search_steps_are_whispers(seed: int, n_audio: int) -> None:
     assert theirs[1] == ours[1]
 
 
+def test_step_log_probs_are_computed_once_and_follow_in_place_changes() -> None:
+    logits = coarse_logits(np.random.default_rng(7), 5)
+    log_probs = StepLogProbs()
+    first = log_probs(logits)
+    assert log_probs(logits) is first  # the same logits, unchanged: no second log_softmax
+    assert log_probs(logits.clone()) is not first  # another tensor
+    changed = log_probs(logits)
+    logits[[1, 3], :100] = -np.inf  # changed in place, rows named
+    log_probs.rows_changed(logits, [1, 3])
+    assert log_probs(logits) is changed
+    assert torch.equal(changed, torch.log_softmax(logits, dim=-1))
+    logits[0, 5] = -np.inf  # changed in place, not said: computed again
+    again = log_probs(logits)
+    assert again is not changed and torch.equal(again, torch.log_softmax(logits, dim=-1))
+
+
+def whisper_and_batched_decoders(kind: str) -> list[tuple[Any, Any]]:
+    """(whisper's rules and decoder, ours sharing one StepLogProbs) for ``kind``."""
+    pairs = []
+    for batched in (False, True):
+        log_probs = StepLogProbs()
+        if kind == "beam":
+            cls = BatchedBeamSearchDecoder if batched else BeamSearchDecoder
+            extra = (log_probs,) if batched else ()
+            decoder = cls(5, TOKENIZER.eot, RecordingInference(), None, *extra)
+        else:
+            temperature = 0.0 if kind == "greedy" else 0.8
+            decoder = (
+                BatchedGreedyDecoder(temperature, TOKENIZER.eot, log_probs)
+                if batched
+                else GreedyDecoder(temperature, TOKENIZER.eot)
+            )
+        rules = (
+            BatchedTimestampRules(TOKENIZER, SAMPLE_BEGIN, 50, log_probs)
+            if batched
+            else ApplyTimestampRules(TOKENIZER, SAMPLE_BEGIN, 50)
+        )
+        pairs.append((rules, decoder))
+    return pairs
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("kind", ["greedy", "sampling", "beam"])
+def test_whole_steps_sharing_one_log_softmax_are_whispers(seed: int, kind: str) -> None:
+    """The timestamp rules, then the decoder, step after step: tokens and sums bit for bit."""
+    rng = np.random.default_rng(300 + seed)
+    n = 5
+    prompt = [TOKENIZER.sot, TOKENIZER.transcribe, TOKENIZER.no_timestamps]
+    pairs = whisper_and_batched_decoders(kind)
+    states = [[torch.tensor([prompt] * n, dtype=torch.long), torch.zeros(n)] for _ in pairs]
+    text_masked = 0
+    for step in range(10):
+        logits = coarse_logits(rng, n)
+        results = []
+        for (rules, decoder), state in zip(pairs, states, strict=True):
+            step_logits = logits.clone()
+            rules.apply(step_logits, state[0])
+            text_masked += int(torch.isinf(step_logits[:, : TOKENIZER.timestamp_begin]).all(dim=-1).sum())
+            torch.manual_seed(seed * 100 + step)  # the sampler draws the same numbers for both
+            state[0], completed = decoder.update(state[0], step_logits, state[1])
+            results.append(completed)
+        assert torch.equal(states[0][0], states[1][0]), f"tokens, step {step}"
+        assert torch.equal(states[0][1], states[1][1]), f"sum_logprobs, step {step}"
+        assert results[0] == results[1]
+        if results[0]:
+            break
+    assert text_masked, "no step had a row whose text tokens the timestamp rule masked"
+
+
 @pytest.mark.parametrize("batched", [False, True])
-def test_decoding_task_uses_the_strategies_a_backend_asks_for(cpu_backend: Any, batched: bool) -> None:
+@pytest.mark.parametrize("beam_size", [5, None])
+def test_decoding_task_uses_the_strategies_a_backend_asks_for(
+    cpu_backend: Any, batched: bool, beam_size: int | None
+) -> None:
     backend = cpu_backend
     backend.batched_token_logic = batched  # an instance attribute over the class's False
     try:
-        task = BackendDecodingTask(ModelAdapter(backend), DecodingOptions(beam_size=5, fp16=False))
+        task = BackendDecodingTask(ModelAdapter(backend), DecodingOptions(beam_size=beam_size, fp16=False))
     finally:
         del backend.batched_token_logic
-    assert isinstance(task.decoder, BatchedBeamSearchDecoder) == batched
-    assert task.decoder.inference is task.inference
+    ours = BatchedBeamSearchDecoder if beam_size else BatchedGreedyDecoder
+    assert isinstance(task.decoder, ours) == batched
+    if beam_size:
+        assert task.decoder.inference is task.inference
     rules = [f for f in task.logit_filters if isinstance(f, ApplyTimestampRules)]
     assert len(rules) == 1 and isinstance(rules[0], BatchedTimestampRules) == batched
+    if batched:  # one log-softmax a step, shared
+        assert rules[0].log_probs is task.decoder.log_probs

@@ -7,8 +7,8 @@ The only thing that changes between backends is the model computation:
 ``DecodingTask`` is given the backend's encoder and its ``Inference`` (decoder
 step + KV cache) instead of the PyTorch ones.  A backend whose model step is
 fast enough for whisper's per-row host work to matter (``max``) may also ask for
-:mod:`max_whisper.token_strategies`: whisper's beam search and timestamp rules,
-batched, with the same tokens.
+:mod:`max_whisper.token_strategies`: whisper's token decoders and timestamp rules,
+batched and sharing one ``log_softmax`` a step, with the same tokens.
 
 Three things are added around whisper's ``transcribe``, none changing a result:
 
@@ -43,6 +43,7 @@ from whisper.decoding import (
     DecodingOptions,
     DecodingResult,
     DecodingTask,
+    GreedyDecoder,
     Inference,
 )
 from whisper.decoding import detect_language as _whisper_detect_language
@@ -52,7 +53,7 @@ from .backends.base import Backend
 from .errors import UsageError
 from .mel import log_mel_spectrogram
 from .timing import StageTimer
-from .token_strategies import BatchedBeamSearchDecoder, BatchedTimestampRules
+from .token_strategies import BatchedBeamSearchDecoder, BatchedGreedyDecoder, BatchedTimestampRules, StepLogProbs
 
 
 class TimedInference(Inference):
@@ -153,11 +154,16 @@ class BackendDecodingTask(DecodingTask):
         backend = model.backend
         self.inference = TimedInference(backend.inference(len(self.initial_tokens)), backend.timer)
         if backend.batched_token_logic:
-            if isinstance(self.decoder, BeamSearchDecoder):
+            log_probs = StepLogProbs()  # one log_softmax a step, shared by the timestamp rules and the decoder
+            if type(self.decoder) is BeamSearchDecoder:
                 beams = self.decoder
-                self.decoder = BatchedBeamSearchDecoder(beams.beam_size, beams.eot, beams.inference, beams.patience)
+                self.decoder = BatchedBeamSearchDecoder(
+                    beams.beam_size, beams.eot, beams.inference, beams.patience, log_probs
+                )
+            elif type(self.decoder) is GreedyDecoder:
+                self.decoder = BatchedGreedyDecoder(self.decoder.temperature, self.decoder.eot, log_probs)
             self.logit_filters = [
-                BatchedTimestampRules(f.tokenizer, f.sample_begin, f.max_initial_timestamp_index)
+                BatchedTimestampRules(f.tokenizer, f.sample_begin, f.max_initial_timestamp_index, log_probs)
                 if type(f) is ApplyTimestampRules
                 else f
                 for f in self.logit_filters

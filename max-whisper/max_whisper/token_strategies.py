@@ -1,4 +1,4 @@
-"""whisper's beam search and timestamp rules with their per-row tensor work batched.
+"""whisper's greedy and beam search steps and timestamp rules, with their tensor work batched and shared.
 
 openai-whisper's ``BeamSearchDecoder.update`` and ``ApplyTimestampRules.apply`` walk
 the rows of a step one by one and touch each candidate through 0-d tensors
@@ -10,21 +10,93 @@ same candidates, scores (float32 sums), stable ordering and finished sets, so th
 tokens are whisper's (``tests/test_token_strategies.py`` compares them on seeded
 logits with ties, and the end-to-end tests on real speech).
 
+whisper also takes the ``log_softmax`` of a step's logits twice: in the timestamp
+rules and again in the token decoder (greedy or beam). :class:`StepLogProbs` computes
+it once per step and hands the same tensor to both (docs/performance.md, entry 34).
+
 Backends opt in through ``Backend.batched_token_logic``; the ``cpu`` reference keeps
 whisper's own classes.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from whisper.decoding import ApplyTimestampRules, BeamSearchDecoder
+from torch.distributions import Categorical
+from whisper.decoding import ApplyTimestampRules, BeamSearchDecoder, GreedyDecoder, Inference
+
+
+class StepLogProbs:
+    """``F.log_softmax(logits.float(), dim=-1)`` of one step's logits, computed once.
+
+    The result is kept with the logits tensor it came from and that tensor's version counter,
+    which every in-place change bumps: a later call with the same, unchanged logits gets the same
+    tensor back; logits changed since are computed again, unless whoever changed them said which
+    rows (:meth:`rows_changed`). Each row's ``log_softmax`` depends on that row alone, so the
+    values are those of a fresh call, bit for bit.
+    """
+
+    def __init__(self) -> None:
+        self._logits: Tensor | None = None
+        self._version = -1
+        self._logprobs: Tensor | None = None
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        if self._logprobs is not None and self._logits is logits and self._version == logits._version:
+            return self._logprobs
+        self._logprobs = F.log_softmax(logits.float(), dim=-1)
+        self._logits, self._version = logits, logits._version
+        return self._logprobs
+
+    def rows_changed(self, logits: Tensor, rows: list[int]) -> None:
+        """``logits`` (given to the last call) was changed in place in ``rows`` only since."""
+        if self._logprobs is None or self._logits is not logits:
+            return
+        self._logprobs[rows] = F.log_softmax(logits[rows].float(), dim=-1)
+        self._version = logits._version
+
+
+class BatchedGreedyDecoder(GreedyDecoder):
+    """whisper's greedy (or sampling) step, taking its log-probabilities from :class:`StepLogProbs`."""
+
+    def __init__(self, temperature: float, eot: int, log_probs: StepLogProbs | None = None) -> None:
+        super().__init__(temperature, eot)
+        self.log_probs = log_probs or StepLogProbs()
+
+    def update(self, tokens: Tensor, logits: Tensor, sum_logprobs: Tensor) -> tuple[Tensor, bool]:
+        if self.temperature == 0:
+            next_tokens = logits.argmax(dim=-1)
+        else:
+            next_tokens = Categorical(logits=logits / self.temperature).sample()
+
+        logprobs = self.log_probs(logits)
+        current_logprobs = logprobs[torch.arange(logprobs.shape[0]), next_tokens]
+        sum_logprobs += current_logprobs * (tokens[:, -1] != self.eot)
+
+        next_tokens[tokens[:, -1] == self.eot] = self.eot
+        tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
+
+        completed = (tokens[:, -1] == self.eot).all()
+        return tokens, completed
 
 
 class BatchedBeamSearchDecoder(BeamSearchDecoder):
     """whisper's beam search step, with one ``topk`` and one host transfer per step."""
+
+    def __init__(
+        self,
+        beam_size: int,
+        eot: int,
+        inference: Inference,
+        patience: float | None = None,
+        log_probs: StepLogProbs | None = None,
+    ) -> None:
+        super().__init__(beam_size, eot, inference, patience)
+        self.log_probs = log_probs or StepLogProbs()
 
     def update(self, tokens: Tensor, logits: Tensor, sum_logprobs: Tensor) -> tuple[Tensor, bool]:
         if tokens.shape[0] % self.beam_size != 0:
@@ -34,7 +106,7 @@ class BatchedBeamSearchDecoder(BeamSearchDecoder):
         if self.finished_sequences is None:  # for the first update
             self.finished_sequences = [{} for _ in range(n_audio)]
 
-        logprobs = F.log_softmax(logits.float(), dim=-1)
+        logprobs = self.log_probs(logits)
         top_logprobs, top_tokens = logprobs.topk(self.beam_size + 1)
         # float32 sums, as whisper's (sum_logprobs[idx] + logprob).item()
         candidate_scores = (sum_logprobs.unsqueeze(1) + top_logprobs).tolist()
@@ -84,7 +156,18 @@ class BatchedBeamSearchDecoder(BeamSearchDecoder):
 
 class BatchedTimestampRules(ApplyTimestampRules):
     """whisper's timestamp rules, reading the sampled tokens once and deciding every row's
-    "timestamp or text" rule with one ``logsumexp`` and one ``max``."""
+    "timestamp or text" rule with one ``logsumexp`` and one ``max``; their ``log_softmax`` is
+    the step's :class:`StepLogProbs`, which the token decoder then reuses."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        sample_begin: int,
+        max_initial_timestamp_index: int | None,
+        log_probs: StepLogProbs | None = None,
+    ) -> None:
+        super().__init__(tokenizer, sample_begin, max_initial_timestamp_index)
+        self.log_probs = log_probs or StepLogProbs()
 
     def apply(self, logits: Tensor, tokens: Tensor) -> None:
         timestamp_begin, eot = self.tokenizer.timestamp_begin, self.tokenizer.eot
@@ -119,9 +202,10 @@ class BatchedTimestampRules(ApplyTimestampRules):
                 logits[:, last_allowed + 1 :] = -np.inf
 
         # if sum of probability over timestamps is above any other token, sample timestamp
-        logprobs = F.log_softmax(logits.float(), dim=-1)
+        logprobs = self.log_probs(logits)
         timestamp_logprob = logprobs[:, timestamp_begin:].logsumexp(dim=-1)
         max_text_token_logprob = logprobs[:, :timestamp_begin].amax(dim=-1)
         rows = (timestamp_logprob > max_text_token_logprob).nonzero().flatten().tolist()
         if rows:
             logits[rows, :timestamp_begin] = -np.inf
+            self.log_probs.rows_changed(logits, rows)

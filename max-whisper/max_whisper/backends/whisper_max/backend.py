@@ -120,6 +120,7 @@ class MaxBackend(Backend):
         # the last window's audio features (the torch tensor handed to whisper) and the cross K/V the
         # encoder graph made from them: (features, exact, draft or None)
         self._window: tuple[torch.Tensor, list[Buffer], list[Buffer] | None] | None = None
+        self._window_mel = torch.empty(0)  # the log-mel those features came from
 
     # -- host <-> MAX device ------------------------------------------------------------
     def to_device(self, array: np.ndarray) -> Buffer:
@@ -137,12 +138,19 @@ class MaxBackend(Backend):
     # -- the Backend seam ---------------------------------------------------------------
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """The audio features; the cross K/V the same graph made from them wait on the device for
-        :meth:`cross_kv` (whisper hands the decoder this very tensor)."""
+        :meth:`cross_kv` (whisper hands the decoder this very tensor).
+
+        The same log-mel as the last call's (whisper decodes a window again at each fallback
+        temperature, and its language detection encodes the first window before transcribing
+        it) gets the same features tensor back, without running the encoder again."""
         self.check_mel(mel)
+        if self._window is not None and self._window_mel.shape == mel.shape and torch.equal(self._window_mel, mel):
+            return self._window[0]
         with self.timer.stage("encode"):
             features, *buffers = self.models["encoder"].execute(self.to_device(mel.float().cpu().numpy()))
             audio_features = self.to_torch(features)
             self._window = (audio_features, *self._split_cross_kv(buffers))
+            self._window_mel = mel.detach().clone()
             return audio_features
 
     def inference(self, initial_token_length: int) -> MaxInference:
