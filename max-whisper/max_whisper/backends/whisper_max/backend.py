@@ -42,6 +42,8 @@ else:
     _MAX_IMPORT_ERROR = None
 
 DEVICES = ("auto", "cpu", "gpu")
+#: The graph plans (:class:`.graphs.GraphPlan`), named by the device each is made for.
+PLAN_DEVICES = ("cpu", "gpu")
 #: A folder of artifacts written by ``max-whisper compile --export``: the graphs are loaded from it
 #: instead of being compiled (the backend option ``precompiled`` wins over this variable).
 PRECOMPILED_ENV = "MAX_WHISPER_PRECOMPILED"
@@ -62,7 +64,10 @@ class MaxBackend(Backend):
 
     Options: ``device`` (auto | cpu | gpu), ``dtype`` of the decoder weights (float32: token-identical
     to the cpu backend; bfloat16: half the bytes), ``speculate`` (greedy bursts with the 4-bit draft
-    decoder; the CPU plan only), ``precompiled`` (a folder from ``max-whisper compile --export``).
+    decoder; the CPU plan only), ``precompiled`` (a folder from ``max-whisper compile --export``),
+    ``plan`` (the graph set of another device run on this one: ``plan="gpu"`` with ``device="cpu"``
+    runs the GPU plan on MAX's CPU device, which checks it where there is no GPU; see
+    :class:`.graphs.GraphPlan`).
     """
 
     capabilities = Capabilities(word_timestamps=False, devices=DEVICES, dtypes=DTYPES)
@@ -80,6 +85,7 @@ class MaxBackend(Backend):
         dtype: str = "float32",
         speculate: bool = True,
         precompiled: str | None = None,
+        plan: str | None = None,
     ) -> None:
         if _MAX_IMPORT_ERROR is not None:
             raise BackendUnavailableError(
@@ -88,8 +94,12 @@ class MaxBackend(Backend):
         if dtype not in DTYPES:
             raise UsageError(f"unknown dtype {dtype!r} for the max backend; choose one of {', '.join(DTYPES)}")
         super().__init__(model, threads=threads)
-        self.plan = GraphPlan(select_device(device), dtype)
-        self.device_name = self.plan.device
+        self.device_name = select_device(device)
+        if plan not in (None, *PLAN_DEVICES):
+            raise UsageError(f"unknown graph plan {plan!r}; choose one of {', '.join(PLAN_DEVICES)}")
+        if plan == "cpu" and self.device_name == "gpu":
+            raise UsageError("the cpu graph plan runs only on the CPU: its 4-bit draft has no GPU kernels")
+        self.plan = GraphPlan(plan or self.device_name, dtype, runs_on=self.device_name)
         self.dtype = dtype
         self.speculate = bool(speculate) and self.plan.draft
         self.speculation = SpeculationPolicy()
@@ -192,6 +202,7 @@ class MaxBackend(Backend):
         info = super().describe()
         info.update(
             device=self.device_name,
+            plan=self.plan.device,
             dtype=self.dtype,
             graphs=list(self.plan.graph_names),
             graphs_loaded=self.models.loaded,

@@ -59,16 +59,32 @@ class GraphPlan:
     (speculative bursts); on a GPU a decoder step is bound by kernel launches, not bytes,
     and MAX's Q4_0 kernels are CPU-only, so the GPU plan has no draft: one exact decoder
     pass per token (docs/performance.md, "GPU plan").
+
+    ``device`` names the plan (the device it is made for); ``runs_on`` the MAX device its graphs
+    are built for and run on, by default the same.  The GPU plan on the CPU runs the GPU's graph
+    set (no draft, the cache reordered by the ``reorder`` graph, bfloat16 decoder weights allowed)
+    on MAX's CPU device: the check of the GPU plan's graphs and decoding where there is no GPU.
+    The CPU plan runs only on the CPU (MAX's Q4_0 kernels are CPU-only).
     """
 
     device: str = "cpu"
     dtype: str = "float32"
+    runs_on: str | None = None
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.runs_on is not None and self.runs_on not in DEVICES:
+            raise ValueError(f"unknown device {self.runs_on!r}; choose one of {', '.join(DEVICES)}")
+        if self.device == "cpu" and self.target == "gpu":
+            raise ValueError("the cpu plan runs only on the CPU: its 4-bit draft has no GPU kernels")
+
+    @property
+    def target(self) -> str:
+        """The MAX device the graphs run on: ``runs_on``, or the plan's own device."""
+        return self.runs_on or self.device
 
     @property
     def draft(self) -> bool:
@@ -89,7 +105,7 @@ class GraphPlan:
 
     @property
     def device_ref(self) -> DeviceRef:
-        return DeviceRef.GPU() if self.device == "gpu" else DeviceRef.CPU()
+        return DeviceRef.GPU() if self.target == "gpu" else DeviceRef.CPU()
 
     @property
     def weight_dtype(self) -> DType:

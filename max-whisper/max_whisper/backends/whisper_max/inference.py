@@ -109,9 +109,9 @@ class MaxInference(Inference):
     def _reorder(self, source_indices: Sequence[int]) -> None:
         """Row i of the cache becomes row source_indices[i], for the held positions [0, n_past).
 
-        On the CPU the cache buffers share memory with host arrays, and only the rows that change
-        are copied, by numpy (most beam steps keep some beams in place); on a GPU the ``reorder``
-        graph gathers every row on the device."""
+        In the CPU plan the cache buffers share memory with host arrays, and only the rows that
+        change are copied, by numpy (most beam steps keep some beams in place); in the GPU plan the
+        ``reorder`` graph gathers every row on the device."""
         backend = self.backend
         if self.host_cache is None:
             index = backend.to_device(np.asarray(source_indices, dtype=np.int64))
@@ -179,7 +179,8 @@ class MaxInference(Inference):
         # one array per buffer: on the CPU a Buffer shares its numpy array's memory
         arrays = [np.zeros(shape, dtype=np.float32) for shape in cache_shapes(backend.dims, n_batch)]
         self.cache = [backend.to_device(array) for array in arrays]
-        self.host_cache = arrays if backend.device_name == "cpu" else None
+        # the CPU plan reorders the cache in host memory; the GPU plan with its reorder graph
+        self.host_cache = arrays if backend.plan.device == "cpu" else None
         sot = (tokens[0] == backend.tokenizer.sot).nonzero()
         rows = sorted({int(sot[0, 0]) if len(sot) else 0, n_tokens - 1})
         shared = n_batch > 1 and self.n_audio == 1 and bool((tokens == tokens[:1]).all())

@@ -1,7 +1,7 @@
 """The MAX backend's weights registry, made in one place from an openai-whisper checkpoint.
 
 Every weight keeps its openai-whisper ``state_dict`` name and float32 values
-(or, for a ``bfloat16`` decoder, bfloat16 copies of the decoder's matrices under
+(or, for a ``bfloat16`` decoder, bfloat16 copies of the decoder blocks' matrices under
 the same names: :func:`is_decoder_matrix`), except the token embedding, which is
 held transposed (:data:`TOKEN_EMBEDDING_T`). Where the plan has a draft decoder
 (the CPU's), derived weights are added for it, the cheap model that the
@@ -51,12 +51,14 @@ def is_draft_matrix(name: str) -> bool:
 
 
 def is_decoder_matrix(name: str) -> bool:
-    """Whether ``name`` is a matrix the decoder multiplies by for every token (its blocks' and the
-    token embedding): the weights a ``bfloat16`` decoder holds in bfloat16. Layer norms, biases, the
-    positional embedding and the cross-attention keys and values (computed once per window, so the
-    ``cross_kv`` graph is the same for both types) stay float32."""
+    """Whether ``name`` is a matrix of the decoder blocks, multiplied by for every token: the weights a
+    ``bfloat16`` decoder holds in bfloat16. The token embedding stays float32: MAX's matmul returns
+    its inputs' type, and logits rounded to bfloat16 (a step of 0.125 at 20) change the argmax of
+    about one token in 30 (docs/performance.md, entry 34). Layer norms, biases, the positional
+    embedding and the cross-attention keys and values (computed once per window, so the ``cross_kv``
+    graph is the same for both types) stay float32 too."""
     return (
-        name.startswith("decoder.")
+        name.startswith("decoder.blocks.")
         and name.endswith(".weight")
         and not name.split(".")[-2].endswith("ln")
         and ".cross_attn.key." not in name
@@ -68,7 +70,7 @@ def state_dict_arrays(
     state_dict: dict[str, torch.Tensor], *, draft: bool = True, decoder_dtype: str = "float32"
 ) -> dict[str, Any]:
     """The registry: openai-whisper names -> contiguous float32 arrays, plus with ``draft`` the draft
-    decoder's 4-bit copies; with ``decoder_dtype="bfloat16"`` the decoder's matrices
+    decoder's 4-bit copies; with ``decoder_dtype="bfloat16"`` the decoder blocks' matrices
     (:func:`is_decoder_matrix`) are bfloat16 torch tensors (numpy has no bfloat16; MAX takes any
     DLPack array)."""
     arrays: dict[str, Any] = {
@@ -79,11 +81,8 @@ def state_dict_arrays(
             arrays[name] = state_dict[name].detach().cpu().to(torch.bfloat16).contiguous()
     elif decoder_dtype != "float32":
         raise ValueError(f"unknown decoder dtype {decoder_dtype!r}")
-    embedding = arrays.pop(TOKEN_EMBEDDING)  # a bfloat16 torch tensor or a float32 array
-    if isinstance(embedding, torch.Tensor):
-        arrays[TOKEN_EMBEDDING_T] = embedding.t().contiguous()
-    else:
-        arrays[TOKEN_EMBEDDING_T] = np.ascontiguousarray(embedding.T)
+    embedding = arrays.pop(TOKEN_EMBEDDING)  # float32 for both decoder types
+    arrays[TOKEN_EMBEDDING_T] = np.ascontiguousarray(embedding.T)
     del embedding  # one copy of the 80 MB (tiny) at a time
     if draft:
         arrays.update(draft_arrays(arrays))

@@ -1,0 +1,97 @@
+"""The GPU plan's graphs and decoding, run on MAX's CPU device: the check of ``--device gpu`` that needs no GPU.
+
+``MaxBackend(device="cpu", plan="gpu")`` builds the GPU's graph set (no 4-bit draft, one exact decoder pass
+per token, the cache reordered by the ``reorder`` graph, optional bfloat16 decoder weights) for the CPU and
+decodes with it exactly as on a GPU. What only a GPU can show (its kernels, the host <-> device copies) is
+left to ``tests/test_max_gpu.py``; everything else is asserted here, with the thresholds of that file:
+float32 token-identical to the cpu backend in greedy and beam search, bfloat16 within 1 % token error.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import shared_clip
+from max_whisper.audio import load_audio
+from max_whisper.config import SHARED_AUDIO_DIR
+from max_whisper.decoding import transcribe
+from test_max_gpu import BF16_TOKEN_ERROR, edit_distance, tokens_of
+
+pytestmark = pytest.mark.max
+
+JFK = "jfk.flac"
+CLIPS = [JFK, *sorted(p.name for p in SHARED_AUDIO_DIR.glob("librispeech_*.flac"))[:2]]
+GREEDY = {"temperature": 0.0, "beam_size": None, "best_of": None}
+BEAM5 = {"temperature": 0.0, "beam_size": 5}
+
+
+@pytest.fixture(scope="module")
+def gpu_plan_backends(max_report: Any) -> dict:
+    from max_whisper.backends.whisper_max.backend import MaxBackend
+
+    backends = {}
+    for dtype in ("float32", "bfloat16"):
+        start = time.perf_counter()
+        backends[dtype] = MaxBackend("tiny.en", device="cpu", plan="gpu", dtype=dtype)
+        label = f"MaxBackend(device=cpu, plan=gpu, dtype={dtype}) load + compile"
+        max_report.record_time(label, time.perf_counter() - start)
+    return backends
+
+
+def _transcribe(backend: Any, clip: str, options: dict) -> dict:
+    audio = load_audio(shared_clip(clip))
+    torch.manual_seed(0)
+    return transcribe(backend, audio, language="en", **options)
+
+
+def test_the_gpu_plan_has_no_draft_and_reorders_with_its_graph(gpu_plan_backends: dict) -> None:
+    backend = gpu_plan_backends["float32"]
+    info = backend.describe()
+    assert (info["device"], info["plan"]) == ("cpu", "gpu")
+    assert not backend.speculate and "draft" not in info["graphs"] and "reorder" in info["graphs"]
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_float32_greedy_token_identical_to_cpu(clip: str, cpu_backend: Any, gpu_plan_backends: dict) -> None:
+    ref = _transcribe(cpu_backend, clip, GREEDY)
+    ours = _transcribe(gpu_plan_backends["float32"], clip, GREEDY)
+    assert tokens_of(ours) == tokens_of(ref)
+
+
+def test_float32_beam_search_token_identical_to_cpu(cpu_backend: Any, gpu_plan_backends: dict) -> None:
+    """Beam search: the prompt run once and copied to the 5 rows, and every reorder, by the ``reorder`` graph."""
+    backend = gpu_plan_backends["float32"]
+    ref = _transcribe(cpu_backend, JFK, BEAM5)
+    loaded_before = "reorder" in backend.describe()["graphs_loaded"]
+    ours = _transcribe(backend, JFK, BEAM5)
+    assert tokens_of(ours) == tokens_of(ref)
+    assert loaded_before or "reorder" in backend.describe()["graphs_loaded"]
+
+
+def test_bfloat16_token_error_within_one_percent(cpu_backend: Any, gpu_plan_backends: dict) -> None:
+    errors = total = 0
+    for clip in CLIPS:
+        ref = [t for seg in tokens_of(_transcribe(cpu_backend, clip, GREEDY)) for t in seg]
+        ours = [t for seg in tokens_of(_transcribe(gpu_plan_backends["bfloat16"], clip, GREEDY)) for t in seg]
+        errors += edit_distance(ours, ref)
+        total += len(ref)
+    assert total > 0
+    assert errors / total <= BF16_TOKEN_ERROR, f"{errors} of {total} tokens differ"
+
+
+def test_a_plan_is_checked_before_anything_loads() -> None:
+    from max_whisper.backends.whisper_max.backend import MaxBackend
+    from max_whisper.backends.whisper_max.graphs import GraphPlan
+    from max_whisper.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown graph plan 'tpu'; choose one of cpu, gpu"):
+        MaxBackend("tiny.en", device="cpu", plan="tpu")
+    with pytest.raises(ValueError, match="the cpu plan runs only on the CPU"):
+        GraphPlan("cpu", runs_on="gpu")
+    plan = GraphPlan("gpu", runs_on="cpu")
+    assert (plan.target, plan.draft, str(plan.device_ref.device_type)) == ("cpu", False, "cpu")
+    assert "reorder" in plan.transcription_graphs and "draft" not in plan.transcription_graphs
