@@ -74,23 +74,29 @@ def test_draft_copies_cover_every_matrix_the_draft_step_reads(checkpoint: dict) 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_registry_holds_the_token_embedding_transposed(checkpoint: dict, dtype: str) -> None:
-    """One copy of the embedding, (state, n_vocab) and contiguous (the layout the logits matmul reads
-    fastest); the draft's 4-bit embedding (of the float32 one) is made from it in whisper's row order."""
+    """One copy of the embedding, float32 for both decoder types (logits rounded to bfloat16 change
+    tokens), (state, n_vocab) and contiguous (the layout the logits matmul reads fastest); the draft's
+    4-bit embedding is made from it in whisper's row order. A bfloat16 decoder's block matrices are
+    bfloat16."""
     import torch
 
-    embedding = checkpoint["model_state_dict"][TOKEN_EMBEDDING]
-    arrays = state_dict_arrays(checkpoint["model_state_dict"], decoder_dtype=dtype)
+    state = checkpoint["model_state_dict"]
+    embedding = state[TOKEN_EMBEDDING]
+    arrays = state_dict_arrays(state, decoder_dtype=dtype)
     assert TOKEN_EMBEDDING not in arrays
     held = arrays[TOKEN_EMBEDDING_T]
+    assert held.dtype == np.float32 and held.flags["C_CONTIGUOUS"]
+    assert np.array_equal(held, embedding.float().numpy().T)
+    assert np.array_equal(
+        arrays[DRAFT_EMBEDDING][: embedding.shape[0]],
+        draft_embedding(embedding.float().numpy())[: embedding.shape[0]],
+    )
+    block_matrix = arrays["decoder.blocks.0.mlp.0.weight"]
     if dtype == "bfloat16":
-        assert held.dtype == torch.bfloat16 and held.is_contiguous()
-        assert torch.equal(held, embedding.to(torch.bfloat16).t())
+        assert block_matrix.dtype == torch.bfloat16
+        assert torch.equal(block_matrix, state["decoder.blocks.0.mlp.0.weight"].to(torch.bfloat16))
     else:
-        assert held.flags["C_CONTIGUOUS"] and np.array_equal(held, embedding.float().numpy().T)
-        assert np.array_equal(
-            arrays[DRAFT_EMBEDDING][: embedding.shape[0]],
-            draft_embedding(embedding.float().numpy())[: embedding.shape[0]],
-        )
+        assert block_matrix.dtype == np.float32
 
 
 @pytest.mark.max
