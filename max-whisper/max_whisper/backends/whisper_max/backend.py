@@ -13,7 +13,7 @@ runs here: torch tensors only carry data across whisper's ``Inference`` seam.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -42,11 +42,19 @@ else:
     _MAX_IMPORT_ERROR = None
 
 DEVICES = ("auto", "cpu", "gpu")
-#: The graph plans (:class:`.graphs.GraphPlan`), named by the device each is made for.
-PLAN_DEVICES = ("cpu", "gpu")
 #: A folder of artifacts written by ``max-whisper compile --export``: the graphs are loaded from it
 #: instead of being compiled (the backend option ``precompiled`` wins over this variable).
 PRECOMPILED_ENV = "MAX_WHISPER_PRECOMPILED"
+
+
+class EncodedWindow(NamedTuple):
+    """What the encoder graph made from one log-mel: the audio features (the torch tensor handed to
+    whisper) and, kept on the device, every block's cross K/V (exact, and the draft's or None)."""
+
+    mel: torch.Tensor
+    features: torch.Tensor
+    cross_kv: list[Buffer]
+    draft_cross_kv: list[Buffer] | None
 
 
 def select_device(device: str) -> str:
@@ -95,11 +103,10 @@ class MaxBackend(Backend):
             raise UsageError(f"unknown dtype {dtype!r} for the max backend; choose one of {', '.join(DTYPES)}")
         super().__init__(model, threads=threads)
         self.device_name = select_device(device)
-        if plan not in (None, *PLAN_DEVICES):
-            raise UsageError(f"unknown graph plan {plan!r}; choose one of {', '.join(PLAN_DEVICES)}")
-        if plan == "cpu" and self.device_name == "gpu":
-            raise UsageError("the cpu graph plan runs only on the CPU: its 4-bit draft has no GPU kernels")
-        self.plan = GraphPlan(plan or self.device_name, dtype, runs_on=self.device_name)
+        try:
+            self.plan = GraphPlan(plan or self.device_name, dtype, runs_on=self.device_name)
+        except ValueError as exc:  # an unknown plan, or the CPU's on a GPU
+            raise UsageError(str(exc)) from exc
         self.dtype = dtype
         self.speculate = bool(speculate) and self.plan.draft
         self.speculation = SpeculationPolicy()
@@ -127,10 +134,7 @@ class MaxBackend(Backend):
         self.models = LoadedGraphs(graphs, self.session, store, self.timer)
         # what every run uses; the draft (greedy, CPU) and the cache reorder (beams and best-of, GPU) on first use
         self.models.preload("encoder", "decoder")
-        # the last window's audio features (the torch tensor handed to whisper) and the cross K/V the
-        # encoder graph made from them: (features, exact, draft or None)
-        self._window: tuple[torch.Tensor, list[Buffer], list[Buffer] | None] | None = None
-        self._window_mel = torch.empty(0)  # the log-mel those features came from
+        self._window: EncodedWindow | None = None  # the last window the encoder graph ran on
 
     # -- host <-> MAX device ------------------------------------------------------------
     def to_device(self, array: np.ndarray) -> Buffer:
@@ -154,14 +158,12 @@ class MaxBackend(Backend):
         temperature, and its language detection encodes the first window before transcribing
         it) gets the same features tensor back, without running the encoder again."""
         self.check_mel(mel)
-        if self._window is not None and self._window_mel.shape == mel.shape and torch.equal(self._window_mel, mel):
-            return self._window[0]
+        if self._window is not None and torch.equal(self._window.mel, mel):
+            return self._window.features
         with self.timer.stage("encode"):
             features, *buffers = self.models["encoder"].execute(self.to_device(mel.float().cpu().numpy()))
-            audio_features = self.to_torch(features)
-            self._window = (audio_features, *self._split_cross_kv(buffers))
-            self._window_mel = mel.detach().clone()
-            return audio_features
+            self._window = EncodedWindow(mel.detach().clone(), self.to_torch(features), *self._split_cross_kv(buffers))
+            return self._window.features
 
     def inference(self, initial_token_length: int) -> MaxInference:
         inference = MaxInference(self, initial_token_length)
@@ -177,8 +179,8 @@ class MaxBackend(Backend):
                 f"audio features must have shape (batch, {expected[0]}, {expected[1]}), "
                 f"got {tuple(audio_features.shape)}"
             )
-        if self._window is not None and self._window[0] is audio_features:
-            return self._window[1], self._window[2]
+        if self._window is not None and self._window.features is audio_features:
+            return self._window.cross_kv, self._window.draft_cross_kv
         # features from elsewhere (whisper's decode accepts them): the encoder's second half alone
         buffers = list(self.models["cross_kv"].execute(self.to_device(audio_features.float().cpu().numpy())))
         return self._split_cross_kv(buffers)

@@ -73,7 +73,7 @@ class GraphPlan:
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
-            raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+            raise ValueError(f"unknown graph plan {self.device!r}; choose one of {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.runs_on is not None and self.runs_on not in DEVICES:
@@ -94,7 +94,7 @@ class GraphPlan:
     @property
     def transcription_graphs(self) -> tuple[str, ...]:
         """The graphs a transcription may load (what ``max-whisper compile`` compiles by default)."""
-        # on the CPU the cache is reordered in host memory (inference.MaxInference._reorder)
+        # the CPU plan reorders the cache in host memory (inference.MaxInference._reorder)
         return ("encoder", "decoder", "draft" if self.device == "cpu" else "reorder")
 
     @property

@@ -179,8 +179,8 @@ class MaxInference(Inference):
         # one array per buffer: on the CPU a Buffer shares its numpy array's memory
         arrays = [np.zeros(shape, dtype=np.float32) for shape in cache_shapes(backend.dims, n_batch)]
         self.cache = [backend.to_device(array) for array in arrays]
-        # the CPU plan reorders the cache in host memory; the GPU plan with its reorder graph
-        self.host_cache = arrays if backend.plan.device == "cpu" else None
+        # a plan without the reorder graph (the CPU's) reorders the cache in host memory
+        self.host_cache = None if "reorder" in backend.plan.transcription_graphs else arrays
         sot = (tokens[0] == backend.tokenizer.sot).nonzero()
         rows = sorted({int(sot[0, 0]) if len(sot) else 0, n_tokens - 1})
         shared = n_batch > 1 and self.n_audio == 1 and bool((tokens == tokens[:1]).all())
