@@ -128,6 +128,37 @@ def test_exported_cpu_graphs_are_loaded_instead_of_compiled(
     assert backend.describe()["precompiled"] == str(export)
 
 
+@pytest.mark.max
+def test_several_export_folders_are_read_as_one_set(
+    checkpoint_path: Path, tmp_path: Path, max_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export holds the graphs of one run of ``compile`` (one dtype, say); ``precompiled`` (and
+    ``MAX_WHISPER_PRECOMPILED``) take several, separated by ``os.pathsep``. The encoder and the decoder
+    exported apart load together and decode beam search as the session's backend does; either folder
+    alone lacks a graph the backend loads at start, a one-line error."""
+    require_max()
+    from max_whisper.audio import load_audio
+    from max_whisper.backends.whisper_max.backend import MaxBackend
+    from max_whisper.backends.whisper_max.compile import CompileOptions, compile_graphs
+    from max_whisper.decoding import transcribe
+    from max_whisper.errors import MaxWhisperError
+
+    folders = {name: tmp_path / name for name in ("encoder", "decoder")}
+    for name, folder in folders.items():
+        compile_graphs(CompileOptions(model=str(checkpoint_path), device="cpu", export=folder, graphs=(name,)))
+    both = os.pathsep.join(str(folder) for folder in folders.values())
+    for folder in folders.values():
+        with pytest.raises(MaxWhisperError, match="do not fit this model and plan"):
+            MaxBackend(str(checkpoint_path), device="cpu", precompiled=str(folder))
+    monkeypatch.setenv("MAX_WHISPER_PRECOMPILED", both)
+    backend = MaxBackend(str(checkpoint_path), device="cpu")
+    assert backend.describe()["precompiled"] == both
+    audio = load_audio(shared_clip("jfk.flac"))
+    ours = transcribe(backend, audio, temperature=0.0, beam_size=5)  # beam search: no draft graph
+    ref = transcribe(max_backend, audio, temperature=0.0, beam_size=5)
+    assert [s["tokens"] for s in ours["segments"]] == [s["tokens"] for s in ref["segments"]]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) -> None:
     """Built (not compiled) for a GPU: four graphs, no Q4_0 matmul (MAX's is CPU-only); with bfloat16

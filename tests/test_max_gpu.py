@@ -2,8 +2,9 @@
 beam search.
 
 These run where PyTorch sees CUDA and MAX sees an accelerator, and are skipped elsewhere with the
-reason. ``MAX_WHISPER_PRECOMPILED`` (a folder from ``max-whisper compile --target ... --export``) lets
-the GPU backends load their graphs instead of compiling them.
+reason. ``MAX_WHISPER_PRECOMPILED`` (folders from ``max-whisper compile --target ... --export``, one
+per ``--dtype``, joined by ``os.pathsep``: both decoder types are built here) lets the GPU backends
+load their graphs instead of compiling them.
 """
 
 from __future__ import annotations

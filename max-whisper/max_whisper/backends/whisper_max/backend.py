@@ -42,8 +42,9 @@ else:
     _MAX_IMPORT_ERROR = None
 
 DEVICES = ("auto", "cpu", "gpu")
-#: A folder of artifacts written by ``max-whisper compile --export``: the graphs are loaded from it
-#: instead of being compiled (the backend option ``precompiled`` wins over this variable).
+#: Folders of artifacts written by ``max-whisper compile --export`` (several separated by ``os.pathsep``,
+#: e.g. one export per dtype): the graphs are loaded from them instead of being compiled (the backend
+#: option ``precompiled`` wins over this variable).
 PRECOMPILED_ENV = "MAX_WHISPER_PRECOMPILED"
 
 
@@ -72,7 +73,8 @@ class MaxBackend(Backend):
 
     Options: ``device`` (auto | cpu | gpu), ``dtype`` of the decoder weights (float32: token-identical
     to the cpu backend; bfloat16: half the bytes), ``speculate`` (greedy bursts with the 4-bit draft
-    decoder; the CPU plan only), ``precompiled`` (a folder from ``max-whisper compile --export``),
+    decoder; the CPU plan only), ``precompiled`` (a folder from ``max-whisper compile --export``, or
+    several separated by ``os.pathsep``: MAX reads their artifacts as one set),
     ``plan`` (the graph set of another device run on this one: ``plan="gpu"`` with ``device="cpu"``
     runs the GPU plan on MAX's CPU device, which checks it where there is no GPU; see
     :class:`.graphs.GraphPlan`).
@@ -110,9 +112,12 @@ class MaxBackend(Backend):
         self.dtype = dtype
         self.speculate = bool(speculate) and self.plan.draft
         self.speculation = SpeculationPolicy()
-        self.precompiled = precompiled or os.environ.get(PRECOMPILED_ENV) or None
-        if self.precompiled is not None and not os.path.isdir(self.precompiled):
-            raise UsageError(f"precompiled graphs: {self.precompiled} is not a folder")
+        given = precompiled or os.environ.get(PRECOMPILED_ENV) or ""
+        folders = [folder for folder in given.split(os.pathsep) if folder]
+        for folder in folders:
+            if not os.path.isdir(folder):
+                raise UsageError(f"precompiled graphs: {folder} is not a folder")
+        self.precompiled = os.pathsep.join(folders) or None
         self._inference_stats: list[DecoderStats] = []
         with self.timer.stage("load"):
             checkpoint = load_checkpoint(model)
@@ -124,7 +129,7 @@ class MaxBackend(Backend):
             # MAX 26.7 creates its CPU device at import time with the default thread
             # count (one per core); asking the session for another count aborts the
             # process, so --threads sets PyTorch's threads only (see docs/performance.md).
-            self.session = InferenceSession(devices=[self.driver_device], precompiled_mefs=self.precompiled)
+            self.session = InferenceSession(devices=[self.driver_device], precompiled_mefs=folders or None)
             self.weights = WeightSource(arrays, self.plan.device_ref)
         graphs = MaxWhisperGraphs(self.dims, self.weights, self.tokenizer.timestamp_begin, self.plan)
         # exported artifacts (precompiled) replace the store of compiled graphs

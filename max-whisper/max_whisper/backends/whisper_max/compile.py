@@ -4,7 +4,8 @@ Compiled graphs land in MAX's compile cache (``$XDG_CACHE_HOME/modular``) and, f
 machine's own device, in max-whisper's store of compiled graphs (:mod:`.artifacts`), so a later
 ``--backend max`` on this machine starts warm; with ``--export DIR`` they are also written
 as artifacts that ``--backend max`` loads on another machine instead of compiling
-(backend option ``precompiled=DIR`` or ``MAX_WHISPER_PRECOMPILED=DIR``).
+(backend option ``precompiled=DIR`` or ``MAX_WHISPER_PRECOMPILED=DIR``; an export replaces ``DIR``, and
+several folders joined by ``os.pathsep``, one export per ``--dtype`` say, are read as one set).
 
 ``--target sm_90a`` (or ``sm_80``, ``gfx942``, ...) compiles for a GPU this machine does not
 have, in MAX's virtual-device mode: compilation only, nothing runs.
