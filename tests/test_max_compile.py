@@ -72,8 +72,8 @@ def test_export_to_a_foreign_folder_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.max
 def test_every_gpu_graph_compiles_for_sm_90a(checkpoint_path: Path, tmp_path: Path, max_report: Any) -> None:
-    """The GPU plan's transcription graphs (float32, and the decoder with bfloat16 weights: the one graph
-    that differs) compile for sm_90a without a GPU, and export.  (``cross_kv``'s operations are a part
+    """The GPU plan's transcription graphs (float32, and the two decoders with bfloat16 weights: the
+    graphs that differ) compile for sm_90a without a GPU, and export.  (``cross_kv``'s operations are a part
     of the encoder graph's, so they are compiled here too.)"""
     require_max()
     export = tmp_path / "sm_90a"
@@ -90,17 +90,17 @@ def test_every_gpu_graph_compiles_for_sm_90a(checkpoint_path: Path, tmp_path: Pa
             max_report.record_time(f"  sm_90a graph {fields[0]}", float(fields[1]))
     manifest = json.loads((export / "manifest.json").read_text())
     text = json.dumps(manifest)
-    for graph in ("whisper_encoder", "whisper_decoder", "whisper_cache_reorder"):
+    for graph in ("whisper_encoder", "whisper_decoder", "whisper_decoder_step", "whisper_cache_reorder"):
         assert graph in text, f"{graph} missing from the exported manifest"
     assert "whisper_draft" not in text, "the 4-bit draft (CPU-only kernels) must not be part of the GPU plan"
-    assert len(list(export.glob("*.mef"))) == 3
+    assert len(list(export.glob("*.mef"))) == 4
 
     start = time.perf_counter()
     result = run_cli(
-        "compile", "--target", "sm_90a", "--dtype", "bfloat16", "--graphs", "decoder",
+        "compile", "--target", "sm_90a", "--dtype", "bfloat16", "--graphs", "decoder,decoder_step",
         "--model", str(checkpoint_path), timeout=GPU_COMPILE_TIMEOUT,
     )  # fmt: skip
-    max_report.record_time("compile bfloat16 decoder for virtual sm_90a (subprocess)", time.perf_counter() - start)
+    max_report.record_time("compile bfloat16 decoders for virtual sm_90a (subprocess)", time.perf_counter() - start)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -161,7 +161,7 @@ def test_several_export_folders_are_read_as_one_set(
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) -> None:
-    """Built (not compiled) for a GPU: four graphs, no Q4_0 matmul (MAX's is CPU-only); with bfloat16
+    """Built (not compiled) for a GPU: five graphs, no Q4_0 matmul (MAX's is CPU-only); with bfloat16
     the decoder reads bfloat16 matrices under its own graph name, and cross K/V stays float32."""
     require_max()
     from whisper.model import ModelDimensions
@@ -171,9 +171,11 @@ def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) 
     from max_whisper.backends.whisper_max.weights import state_dict_arrays
 
     plan = GraphPlan("gpu", dtype)
-    assert plan.transcription_graphs == ("encoder", "decoder", "reorder") and not plan.draft
+    assert plan.transcription_graphs == ("encoder", "decoder", "decoder_step", "reorder") and not plan.draft
     assert plan.graph_names == plan.transcription_graphs + ("cross_kv",)
-    arrays = state_dict_arrays(checkpoint["model_state_dict"], draft=plan.draft, decoder_dtype=dtype)
+    arrays = state_dict_arrays(
+        checkpoint["model_state_dict"], draft=plan.draft, decoder_dtype=dtype, embedding_rows=plan.step
+    )
     assert not any(name.endswith(".q4_0") for name in arrays)
     graphs = MaxWhisperGraphs(ModelDimensions(**checkpoint["dims"]), WeightSource(arrays, plan.device_ref), 50363, plan)
     built = {name: graphs.build(name) for name in plan.graph_names}
@@ -185,6 +187,10 @@ def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) 
     assert ("bf16" in decoder) == (dtype == "bfloat16")
     assert "bf16" not in str(built["cross_kv"]) and "bf16" not in str(built["encoder"])
     assert built["decoder"].name == ("whisper_decoder" if dtype == "float32" else "whisper_decoder_bfloat16")
+    step = "whisper_decoder_step" + ("" if dtype == "float32" else "_bfloat16")
+    assert built["decoder_step"].name == step and ("bf16" in str(built["decoder_step"])) == (dtype == "bfloat16")
+    # the step's products are multiply-and-sum reductions: no matmul, which MAX runs on TF32 tensor cores
+    assert "matmul" not in str(built["decoder_step"])
 
 
 @pytest.mark.max

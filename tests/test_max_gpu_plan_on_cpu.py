@@ -53,6 +53,51 @@ def test_the_gpu_plan_has_no_draft_and_reorders_with_its_graph(gpu_plan_backends
     info = backend.describe()
     assert (info["device"], info["plan"]) == ("cpu", "gpu")
     assert not backend.speculate and "draft" not in info["graphs"] and "reorder" in info["graphs"]
+    assert "decoder_step" in info["graphs_loaded"] and info["capture"] is False  # no device graphs on the CPU
+
+
+@pytest.mark.parametrize("n_rows", [1, 3])
+def test_decoder_step_matches_the_decoder_pass(gpu_plan_backends: dict, n_rows: int) -> None:
+    """The fixed-shape ``decoder_step`` (position on the device, the whole cache attended with the later
+    positions masked, multiply-and-sum products) against the ``decoder`` pass of the same token at the
+    same position: the same logits and the same keys and values written into the cache."""
+    import numpy as np
+    import whisper
+
+    from max_whisper.backends.whisper_max.inference import DecoderStep
+
+    backend = gpu_plan_backends["float32"]
+    audio = torch.from_numpy(load_audio(shared_clip(JFK)))
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio))[None]
+    features = backend.encode(mel)
+    prompt = torch.tensor([list(backend.tokenizer.sot_sequence_including_notimestamps)] * n_rows)
+    tokens = torch.randint(0, 50000, (n_rows, 4), generator=torch.Generator().manual_seed(n_rows))
+    results = []
+    for use_step in (False, True, True, True):  # the step three times: a stale input shows up as a flaky mismatch
+        inference = backend.inference(prompt.shape[1])
+        inference.logits(prompt, features)  # the prompt, by the decoder graph, fills the cache
+        logits = []
+        for i in range(tokens.shape[1]):
+            position = inference.n_past
+            if use_step:
+                if inference.step is None:
+                    inference.step = DecoderStep(backend, inference.cache, inference.row_cross_kv, n_rows)
+                out = inference.step(tokens[:, i : i + 1].numpy(), position)
+                inference.n_past += 1
+            else:
+                out = inference._pass(tokens[:, i : i + 1].numpy(), position, rows=[0])
+            logits.append(backend.to_numpy(out).copy())
+        held = inference.n_past
+        caches = [backend.to_numpy(c)[..., :held, :] if k % 2 == 0 else backend.to_numpy(c)[..., :held]
+                  for k, c in enumerate(inference.cache)]  # fmt: skip
+        results.append((np.stack(logits), caches))
+        inference.cleanup_caching()
+    (ref_logits, ref_cache), *steps = results
+    scale = np.abs(ref_logits).max()
+    for step_logits, step_cache in steps:
+        assert np.abs(step_logits - ref_logits).max() <= 1e-4 * scale
+        for ref, ours in zip(ref_cache, step_cache, strict=True):
+            assert np.abs(ours - ref).max() <= 1e-4 * max(np.abs(ref).max(), 1.0)
 
 
 @pytest.mark.parametrize("clip", CLIPS)
@@ -95,3 +140,4 @@ def test_a_plan_is_checked_before_anything_loads() -> None:
     plan = GraphPlan("gpu", runs_on="cpu")
     assert (plan.target, plan.draft, str(plan.device_ref.device_type)) == ("cpu", False, "cpu")
     assert "reorder" in plan.transcription_graphs and "draft" not in plan.transcription_graphs
+    assert plan.step and "decoder_step" in plan.transcription_graphs and not GraphPlan("cpu").step

@@ -12,6 +12,7 @@ runs here: torch tensors only carry data across whisper's ``Inference`` seam.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any, NamedTuple
 
@@ -50,12 +51,13 @@ PRECOMPILED_ENV = "MAX_WHISPER_PRECOMPILED"
 
 class EncodedWindow(NamedTuple):
     """What the encoder graph made from one log-mel: the audio features (the torch tensor handed to
-    whisper) and, kept on the device, every block's cross K/V (exact, and the draft's or None)."""
+    whisper) and, kept on the device, every block's cross K/V (exact, and in the layouts of the
+    plan's single-row decoder, the CPU's draft or the GPU's decoder step)."""
 
     mel: torch.Tensor
     features: torch.Tensor
     cross_kv: list[Buffer]
-    draft_cross_kv: list[Buffer] | None
+    row_cross_kv: list[Buffer] | None
 
 
 def select_device(device: str) -> str:
@@ -73,8 +75,10 @@ class MaxBackend(Backend):
 
     Options: ``device`` (auto | cpu | gpu), ``dtype`` of the decoder weights (float32: token-identical
     to the cpu backend; bfloat16: half the bytes), ``speculate`` (greedy bursts with the 4-bit draft
-    decoder; the CPU plan only), ``precompiled`` (a folder from ``max-whisper compile --export``, or
-    several separated by ``os.pathsep``: MAX reads their artifacts as one set),
+    decoder; the CPU plan only), ``capture`` (on a GPU, replay each window's decoder step as a
+    captured device graph: one launch per token instead of one per kernel), ``precompiled`` (a
+    folder from ``max-whisper compile --export``, or several separated by ``os.pathsep``: MAX reads
+    their artifacts as one set),
     ``plan`` (the graph set of another device run on this one: ``plan="gpu"`` with ``device="cpu"``
     runs the GPU plan on MAX's CPU device, which checks it where there is no GPU; see
     :class:`.graphs.GraphPlan`).
@@ -83,7 +87,6 @@ class MaxBackend(Backend):
     capabilities = Capabilities(word_timestamps=False, devices=DEVICES, dtypes=DTYPES)
 
     name = "max"
-    host_torch_threads = 1
     batched_token_logic = True
 
     def __init__(
@@ -94,6 +97,7 @@ class MaxBackend(Backend):
         device: str = "auto",
         dtype: str = "float32",
         speculate: bool = True,
+        capture: bool = True,
         precompiled: str | None = None,
         plan: str | None = None,
     ) -> None:
@@ -112,6 +116,12 @@ class MaxBackend(Backend):
         self.dtype = dtype
         self.speculate = bool(speculate) and self.plan.draft
         self.speculation = SpeculationPolicy()
+        # device graphs exist on a GPU only (MAX: "No graph-capture devices available" on the CPU)
+        self.capture = bool(capture) and self.plan.step and self.device_name == "gpu"
+        self.capture_keys = itertools.count(1)
+        # the host's token logic and log-mel: one torch thread beside MAX's CPU kernels, all of them
+        # beside a GPU
+        self.host_torch_threads = 1 if self.device_name == "cpu" else None
         given = precompiled or os.environ.get(PRECOMPILED_ENV) or ""
         folders = [folder for folder in given.split(os.pathsep) if folder]
         for folder in folders:
@@ -124,7 +134,9 @@ class MaxBackend(Backend):
             self.dims = ModelDimensions(**checkpoint["dims"])
             self.tokenizer = get_tokenizer(self.is_multilingual, num_languages=self.num_languages)
             # the draft's 4-bit copies are made when the draft graph is first loaded (greedy runs)
-            arrays = state_dict_arrays(checkpoint["model_state_dict"], draft=False, decoder_dtype=dtype)
+            arrays = state_dict_arrays(
+                checkpoint["model_state_dict"], draft=False, decoder_dtype=dtype, embedding_rows=self.plan.step
+            )
             self.driver_device = Accelerator() if self.device_name == "gpu" else CPU()
             # MAX 26.7 creates its CPU device at import time with the default thread
             # count (one per core); asking the session for another count aborts the
@@ -138,7 +150,7 @@ class MaxBackend(Backend):
             store = ArtifactStore.for_graphs(self.dims, self.tokenizer.timestamp_begin, self.plan, self.driver_device)
         self.models = LoadedGraphs(graphs, self.session, store, self.timer)
         # what every run uses; the draft (greedy, CPU) and the cache reorder (beams and best-of, GPU) on first use
-        self.models.preload("encoder", "decoder")
+        self.models.preload("encoder", "decoder", *(("decoder_step",) if self.plan.step else ()))
         self._window: EncodedWindow | None = None  # the last window the encoder graph ran on
 
     # -- host <-> MAX device ------------------------------------------------------------
@@ -177,7 +189,8 @@ class MaxBackend(Backend):
 
     def cross_kv(self, audio_features: torch.Tensor) -> tuple[list[Buffer], list[Buffer] | None]:
         """Every decoder block's cross-attention keys and values, once per window: ([k_0, v_0, ...] in
-        the exact decoder's layouts, the same in the draft decoder's layouts or None without a draft)."""
+        the exact decoder's layouts, the same in the layouts of the plan's single-row decoder: the
+        draft's on the CPU, the decoder step's on a GPU)."""
         expected = (self.dims.n_audio_ctx, self.dims.n_audio_state)
         if audio_features.ndim != 3 or tuple(audio_features.shape[1:]) != expected:
             raise InputShapeError(
@@ -185,14 +198,14 @@ class MaxBackend(Backend):
                 f"got {tuple(audio_features.shape)}"
             )
         if self._window is not None and self._window.features is audio_features:
-            return self._window.cross_kv, self._window.draft_cross_kv
+            return self._window.cross_kv, self._window.row_cross_kv
         # features from elsewhere (whisper's decode accepts them): the encoder's second half alone
         buffers = list(self.models["cross_kv"].execute(self.to_device(audio_features.float().cpu().numpy())))
         return self._split_cross_kv(buffers)
 
     def _split_cross_kv(self, buffers: list[Buffer]) -> tuple[list[Buffer], list[Buffer] | None]:
         n_kv = 2 * self.dims.n_text_layer
-        return buffers[:n_kv], (buffers[n_kv:] if self.plan.draft else None)
+        return buffers[:n_kv], (buffers[n_kv:] if self.plan.draft or self.plan.step else None)
 
     # -- what the decoders counted --------------------------------------------------------
     def decoder_stats(self) -> DecoderStats:
@@ -216,14 +229,20 @@ class MaxBackend(Backend):
             graph_store=None if self.models.store is None else str(self.models.store.folder),
             precompiled=self.precompiled,
             speculate=self.speculate,
+            capture=self.capture,
             lookahead=self.speculation.lookahead,
             min_draft_margin=self.speculation.min_margin,
             decoder_counters=self.decoder_stats().as_dict(),  # since the backend was made, warm-up included
         )
-        if self.device_name == "gpu" and torch.cuda.is_available():
-            info["gpu_name"] = torch.cuda.get_device_name(0)
-            free, total = torch.cuda.mem_get_info(0)
-            info["gpu_memory_used_bytes"] = int(total - free)
+        if self.device_name == "gpu":
+            # MAX's own counters: the memory its captured device graphs hold, reserved and in use
+            stats = self.driver_device.stats
+            info["gpu_graph_memory_reserved_bytes"] = int(stats.get("graph_mem_reserved", 0))
+            info["gpu_graph_memory_used_bytes"] = int(stats.get("graph_mem_used", 0))
+            if torch.cuda.is_available():
+                info["gpu_name"] = torch.cuda.get_device_name(0)
+                free, total = torch.cuda.mem_get_info(0)
+                info["gpu_memory_used_bytes"] = int(total - free)  # the whole card's, every process's
         return info
 
 

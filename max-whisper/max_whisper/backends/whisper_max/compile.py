@@ -118,7 +118,9 @@ def compile_graphs(
         warnings.simplefilter("ignore", ResourceWarning)
         tokenizer = get_tokenizer(multilingual, num_languages=dims.n_vocab - 51765 - int(multilingual))
     # the draft's 4-bit weights are added by MaxWhisperGraphs when it builds the draft
-    arrays = state_dict_arrays(checkpoint["model_state_dict"], draft=False, decoder_dtype=options.dtype)
+    arrays = state_dict_arrays(
+        checkpoint["model_state_dict"], draft=False, decoder_dtype=options.dtype, embedding_rows=plan.step
+    )
     graphs = MaxWhisperGraphs(dims, WeightSource(arrays, plan.device_ref), tokenizer.timestamp_begin, plan)
     device = Accelerator() if options.device == "gpu" else CPU()
     # for this machine's device, also into the store the backend loads compiled graphs from

@@ -11,6 +11,13 @@
     new tokens + cross K/V -> logits of the rows whisper reads; the keys and
     values of the new tokens are written in place into the self-attention
     cache, mutable buffers that stay on the device for the whole window.
+``decoder_step`` (GPU only)
+    one token per row at a position held on the device -> logits; every shape
+    but the batch is fixed (it attends over the whole cache, the positions past
+    the token masked), so it is captured once per window as a device graph and
+    replayed for each token.  Its products are multiply-and-sum reductions,
+    exact float32 on a GPU (MAX's float32 matmul of several rows runs on TF32
+    tensor cores there).  The encoder adds the cross K/V in its layouts.
 ``draft`` (CPU only: MAX's Q4_0 matmul has no GPU kernel)
     one token -> a guess of the next one and its margin, from the same blocks
     with 4-bit matrices (it writes its keys and values into the same cache; the
@@ -57,8 +64,9 @@ class GraphPlan:
 
     On the CPU the greedy decoder is bandwidth-bound and a 4-bit draft decoder pays
     (speculative bursts); on a GPU a decoder step is bound by kernel launches, not bytes,
-    and MAX's Q4_0 kernels are CPU-only, so the GPU plan has no draft: one exact decoder
-    pass per token (docs/performance.md, "GPU plan").
+    and MAX's Q4_0 kernels are CPU-only, so the GPU plan has no draft: one exact pass per
+    token through ``decoder_step``, replayed as a captured device graph (docs/performance.md,
+    entries 19 and 36).
 
     ``device`` names the plan (the device it is made for); ``runs_on`` the MAX device its graphs
     are built for and run on, by default the same.  The GPU plan on the CPU runs the GPU's graph
@@ -92,10 +100,17 @@ class GraphPlan:
         return self.device == "cpu"
 
     @property
+    def step(self) -> bool:
+        """Whether single-token passes run the fixed-shape ``decoder_step`` graph (the GPU plan)."""
+        return self.device == "gpu"
+
+    @property
     def transcription_graphs(self) -> tuple[str, ...]:
         """The graphs a transcription may load (what ``max-whisper compile`` compiles by default)."""
         # the CPU plan reorders the cache in host memory (inference.MaxInference._reorder)
-        return ("encoder", "decoder", "draft" if self.device == "cpu" else "reorder")
+        if self.device == "cpu":
+            return ("encoder", "decoder", "draft")
+        return ("encoder", "decoder", "decoder_step", "reorder")
 
     @property
     def graph_names(self) -> tuple[str, ...]:
@@ -124,16 +139,17 @@ def cache_types(dims: ModelDimensions, device: DeviceRef) -> list:
     return [BufferType(DType.float32, list(shape), device) for shape in cache_shapes(dims, "batch")]
 
 
-def cross_kv_types(dims: ModelDimensions, device: DeviceRef, draft: bool = False) -> list:
+def cross_kv_types(dims: ModelDimensions, device: DeviceRef, layout: str = "exact") -> list:
     """Graph input types of the cross-attention K/V [k_0, v_0, ...] (see ``TextDecoder.cross_kv``):
-    the exact decoder's layouts, one row per audio (``n_audio``, shared by that audio's beams or
-    samples), or with ``draft`` the draft decoder's (keys and values swapped, one row per token row)."""
+    ``exact``, the exact decoder's layouts, one row per audio (``n_audio``, shared by that audio's
+    beams or samples); ``draft``, the draft decoder's (bfloat16, keys and values swapped, one row per
+    token row); ``step``, the decoder step's (the draft's layouts in float32, one row per audio)."""
     head, head_state, ctx = dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_audio_ctx
-    dtype = DType.bfloat16 if draft else DType.float32
-    rows = "batch" if draft else "n_audio"
+    dtype = DType.bfloat16 if layout == "draft" else DType.float32
+    rows = "batch" if layout == "draft" else "n_audio"
     k = TensorType(dtype, [rows, head, head_state, ctx], device)
     v = TensorType(dtype, [rows, head, ctx, head_state], device)
-    return [v, k] * dims.n_text_layer if draft else [k, v] * dims.n_text_layer
+    return [k, v] * dims.n_text_layer if layout == "exact" else [v, k] * dims.n_text_layer
 
 
 class MaxWhisperGraphs:
@@ -148,11 +164,13 @@ class MaxWhisperGraphs:
         self.encoder = AudioEncoder(weights, dims)
         self.decoder = TextDecoder(weights, dims)
         self.draft_decoder = TextDecoder(weights, dims, quantized=True) if plan.draft else None
+        self.step_decoder = TextDecoder(weights, dims, rowwise=True) if plan.step else None
         self.n_kv = 2 * dims.n_text_layer
         self.builders: dict[str, Callable[[], Graph]] = {
             "encoder": self.build_encoder,
             "cross_kv": self.build_cross_kv,
             "decoder": self.build_decoder,
+            "decoder_step": self.build_decoder_step,
             "draft": self.build_draft,
             "reorder": self.build_reorder,
         }
@@ -202,12 +220,16 @@ class MaxWhisperGraphs:
         return graph
 
     def cross_kv(self, audio_features: TensorValue) -> list[TensorValue]:
-        """Every block's cross-attention [k_0, v_0, ...] in the exact decoder's layouts, then (with a
-        draft) the same in the draft decoder's bfloat16 layouts."""
-        draft = []
+        """Every block's cross-attention [k_0, v_0, ...] in the exact decoder's layouts, then the same
+        in the single-row decoder's layouts: with a draft its bfloat16 ones, with a decoder step
+        its float32 ones (the exact decoder's matrices, so the step attends over the same values)."""
+        rows = []
         if self.draft_decoder is not None:
-            draft = [ops.cast(kv, DType.bfloat16) for kv in self.draft_decoder.cross_kv(audio_features)]
-        return [*self.decoder.cross_kv(audio_features), *draft]
+            rows = [ops.cast(kv, DType.bfloat16) for kv in self.draft_decoder.cross_kv(audio_features)]
+        elif self.step_decoder is not None:
+            for block in self.decoder.blocks:
+                rows += list(block.cross_attn.key_value(audio_features, one_query=True))
+        return [*self.decoder.cross_kv(audio_features), *rows]
 
     def build_decoder(self) -> Graph:
         """(tokens, start, end, mask, rows, cache..., cross K/V...) -> logits (batch, n_rows, n_vocab).
@@ -229,6 +251,21 @@ class MaxWhisperGraphs:
             graph.output(self.decoder.logits(hidden))
         return graph
 
+    def build_decoder_step(self) -> Graph:
+        """(tokens, position, cache..., cross K/V...) -> logits (batch, 1, n_vocab).
+
+        One token per row at ``position``, a (1,) int64 tensor on the device; the cross K/V in the
+        step's layouts (``cross_kv_types(layout="step")``).  The new keys and values are written into
+        the cache buffers at ``position``."""
+        inputs = [TensorType(DType.int64, ["batch", 1], self.device), TensorType(DType.int64, [1], self.device)]
+        inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device, layout="step")
+        with Graph(self._name("whisper_decoder_step"), input_types=inputs) as graph:
+            tokens, position = graph.inputs[0].tensor, graph.inputs[1].tensor
+            caches = KVCache.per_block([v.buffer for v in graph.inputs[2 : 2 + self.n_kv]])
+            cross_kv = [v.tensor for v in graph.inputs[2 + self.n_kv :]]
+            graph.output(self.step_decoder.step(tokens, position, caches, cross_kv))
+        return graph
+
     def add_draft_weights(self) -> None:
         """The draft decoder's 4-bit weights, made from the float32 ones the first time the draft is
         built or loaded (0.3 s here: runs without greedy decoding never pay it)."""
@@ -241,7 +278,7 @@ class MaxWhisperGraphs:
         One token through the 4-bit draft blocks; its keys and values go into the cache at start."""
         self.add_draft_weights()
         inputs = [TensorType(DType.int64, ["batch", 1], self.device), SCALAR, SCALAR]
-        inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device, draft=True)
+        inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device, layout="draft")
         with Graph(self._name("whisper_draft"), input_types=inputs) as graph:
             token, start, end = (v.tensor for v in graph.inputs[:3])
             caches = KVCache.per_block([v.buffer for v in graph.inputs[3 : 3 + self.n_kv]])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,8 @@ from .speculation import BurstDecoder, DecoderStats
 if TYPE_CHECKING:  # pragma: no cover
     from .backend import MaxBackend
 
+logger = logging.getLogger(__name__)
+
 
 def scalar(value: int) -> Buffer:
     """An int64 host scalar (the graphs' slice bounds)."""
@@ -26,6 +29,65 @@ def scalar(value: int) -> Buffer:
 def span(start: int, n_new: int) -> tuple[Buffer, Buffer]:
     """The positions [start, start + n_new) as host scalars."""
     return scalar(start), scalar(start + n_new)
+
+
+class DecoderStep:
+    """The GPU plan's single-token pass for one call of ``DecodingTask.run``: the ``decoder_step``
+    graph on input buffers that stay put (tokens, position, the self-attention cache, the cross K/V).
+
+    Each call copies the new tokens and the position into their buffers and runs the graph.  Where
+    the backend captures (a GPU), the first call captures the graph as a device graph and every call
+    replays it: one launch per token instead of one per kernel (about 100 for tiny, each ~7 µs of
+    host time when launched one by one; docs/performance.md, entry 36).  A replay reads the buffers it
+    was captured with, which is why the inputs are refreshed in place and the cache is reordered in
+    place.  If MAX refuses to capture, the backend stops trying and the step runs eagerly."""
+
+    def __init__(self, backend: MaxBackend, cache: list[Buffer], cross_kv: list[Buffer], n_batch: int) -> None:
+        self.backend = backend
+        self.model = backend.models["decoder_step"]
+        # the host array the new tokens and the position are written to (rows: tokens..., position)
+        self.host = np.zeros((n_batch + 1, 1), dtype=np.int64)
+        tokens, position = Buffer.from_numpy(self.host[:n_batch]), Buffer.from_numpy(self.host[n_batch])
+        if backend.device_name == "cpu":
+            # MAX's CPU buffers share their arrays' memory: the graph reads the host array itself (a
+            # copy into another buffer is not ordered before the next execute on MAX's CPU device)
+            self.tokens, self.position, self.copies = tokens, position, []
+        else:  # copied in on the device's stream, ahead of the launch that reads them
+            self.tokens = backend.to_device(np.zeros((n_batch, 1), dtype=np.int64))
+            self.position = backend.to_device(np.zeros(1, dtype=np.int64))
+            self.copies = [(self.tokens, tokens), (self.position, position)]
+        self.inputs = [self.tokens, self.position, *cache, *cross_kv]
+        self.key: int | None = None  # the captured device graph's key
+        self.logits: Buffer | None = None  # its output buffer, rewritten by each replay
+
+    def __call__(self, tokens: np.ndarray, position: int) -> Buffer:
+        # the previous step's logits were read back, so its copies are done with the host array
+        self.host[:-1] = tokens
+        self.host[-1] = position
+        for buffer, source in self.copies:
+            buffer.inplace_copy_from(source)
+        if self.key is None and self.backend.capture:
+            self._capture()
+        if self.key is None:
+            return self.model.execute(*self.inputs)[0]
+        self.model.replay(self.key, *self.inputs)
+        return self.logits
+
+    def _capture(self) -> None:
+        key = next(self.backend.capture_keys)
+        try:
+            self.logits = self.model.capture(key, *self.inputs)[0]
+        except Exception as exc:  # MAX's capture is best-effort: fall back to launching kernels
+            logger.warning("the max backend could not capture its decoder step (%s); it runs it eagerly", exc)
+            self.backend.capture = False
+            return
+        self.key = key
+
+    def release(self) -> None:
+        """Free the captured device graph (its buffers go back to MAX's allocator)."""
+        if self.key is not None:
+            self.model.release_captured_graph(self.key)
+            self.key = self.logits = None
 
 
 class MaxInference(Inference):
@@ -40,7 +102,8 @@ class MaxInference(Inference):
 
     Greedy decoding of one sequence (batch 1) is speculative where the backend's
     plan has a draft decoder (see :mod:`.speculation`); otherwise every call is
-    one exact pass of the newest token.  :attr:`stats` counts this inference's
+    one exact pass of the newest token, in the GPU plan through :class:`DecoderStep`
+    (a captured device graph on a GPU).  :attr:`stats` counts this inference's
     passes; the backend reads them.
     """
 
@@ -52,10 +115,11 @@ class MaxInference(Inference):
         self.cache: list[Buffer] | None = None
         self.host_cache: list[np.ndarray] | None = None  # on the CPU: the arrays the cache buffers share
         self.cross_kv: list[Buffer] | None = None  # the exact decoder's
-        self.draft_cross_kv: list[Buffer] | None = None  # the same, in the draft's layouts
+        self.row_cross_kv: list[Buffer] | None = None  # the same, in the draft's or the decoder step's layouts
         self.n_past = 0  # positions of the cache that hold the keys/values of the current history
         self.n_audio = 0  # rows of audio features (cross K/V) of the current window
         self.first_row: Buffer | None = None  # rows=[0] on the device, made once (a one-token step's)
+        self.step: DecoderStep | None = None  # the GPU plan's single-token pass, made after the prompt's
         self.bursts: BurstDecoder | None = None
         if backend.speculate:
             d = backend.dims
@@ -80,7 +144,7 @@ class MaxInference(Inference):
                 raise InputShapeError(
                     f"{n_batch} token rows do not divide among {audio_features.shape[0]} audio feature rows"
                 )
-            self.cross_kv, self.draft_cross_kv = backend.cross_kv(audio_features)
+            self.cross_kv, self.row_cross_kv = backend.cross_kv(audio_features)
             self.n_audio = audio_features.shape[0]
         if n_tokens > backend.dims.n_text_ctx:
             raise InputShapeError(f"the decoder context holds {backend.dims.n_text_ctx} tokens; got {n_tokens}")
@@ -89,6 +153,8 @@ class MaxInference(Inference):
         if n_batch == 1 and self.bursts is not None:
             return self.bursts.logits(tokens[0].tolist())[None, None]
         self.n_past = min(self.n_past, n_tokens - 1)
+        if backend.plan.step:
+            return backend.to_torch(self._step(tokens[:, -1:].numpy()))
         return backend.to_torch(self._pass(tokens[:, -1:].numpy(), self.n_past, rows=[0]))
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
@@ -99,8 +165,11 @@ class MaxInference(Inference):
             self.bursts.start(self.n_past)
 
     def cleanup_caching(self) -> None:
+        if self.step is not None:
+            self.step.release()
+            self.step = None
         self.cache = self.host_cache = None
-        self.cross_kv = self.draft_cross_kv = None
+        self.cross_kv = self.row_cross_kv = None
         self.n_past = 0
         if self.bursts is not None:
             self.bursts.start(0)
@@ -147,6 +216,16 @@ class MaxInference(Inference):
         self.n_past = start + n_new
         return logits
 
+    def _step(self, tokens: np.ndarray) -> Buffer:
+        """The newest token of each row, (batch, 1), through the ``decoder_step`` graph at ``n_past``
+        (the GPU plan): the logits (batch, 1, n_vocab), still on the device."""
+        if self.step is None:
+            self.step = DecoderStep(self.backend, self.cache, self.row_cross_kv, tokens.shape[0])
+        logits = self.step(tokens, self.n_past)
+        self.stats.steps += 1
+        self.n_past += 1
+        return logits
+
     def _verify(self, tokens: list[int], start: int) -> torch.Tensor:
         """The burst's exact pass (batch 1): one logits row per token, (len(tokens), n_vocab)."""
         rows = list(range(len(tokens)))
@@ -159,7 +238,7 @@ class MaxInference(Inference):
         the exact pass of the burst overwrites them."""
         backend = self.backend
         token_in = backend.to_device(np.array([[token]], dtype=np.int64))
-        guess, margin = backend.models["draft"].execute(token_in, *span(position, 1), *self.cache, *self.draft_cross_kv)
+        guess, margin = backend.models["draft"].execute(token_in, *span(position, 1), *self.cache, *self.row_cross_kv)
         return int(backend.to_numpy(guess)[0, 0]), float(backend.to_numpy(margin)[0, 0])
 
     def _prefill(self, tokens: torch.Tensor) -> torch.Tensor:

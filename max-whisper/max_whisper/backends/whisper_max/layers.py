@@ -29,7 +29,7 @@ from max.graph import BufferValue, DeviceRef, Graph, TensorValue, Weight, ops
 from max.graph.quantization import QuantizationEncoding
 from whisper.model import ModelDimensions
 
-from .weights import DRAFT_EMBEDDING, TOKEN_EMBEDDING_T, draft_name
+from .weights import DRAFT_EMBEDDING, TOKEN_EMBEDDING, TOKEN_EMBEDDING_T, draft_name
 
 #: openai-whisper's LayerNorm epsilon (torch's default).
 LN_EPS = 1e-5
@@ -69,15 +69,20 @@ class Linear:
     """``y = x W^T + b`` (openai-whisper ``Linear``).
 
     ``quantized``: multiply by the 4-bit draft copy of ``W`` (:func:`draft_name`) instead: the
-    draft decoder's linear layers (the bias stays float32).
+    draft decoder's linear layers (the bias stays float32).  ``rowwise``: each output as a
+    multiply-and-sum over a row of ``W`` (:func:`rowwise_product`), exact float32 on a GPU.
     """
 
-    def __init__(self, weights: WeightSource, name: str, bias: bool = True, quantized: bool = False) -> None:
-        self.weights, self.name, self.bias, self.quantized = weights, name, bias, quantized
+    def __init__(
+        self, weights: WeightSource, name: str, bias: bool = True, quantized: bool = False, rowwise: bool = False
+    ) -> None:
+        self.weights, self.name, self.bias, self.quantized, self.rowwise = weights, name, bias, quantized, rowwise
 
     def __call__(self, x: TensorValue) -> TensorValue:
         if self.quantized:
             y = ops.qmatmul(QuantizationEncoding.Q4_0, None, x, self.weights.get(draft_name(f"{self.name}.weight")))
+        elif self.rowwise:
+            y = rowwise_product(x, self.weights.get(f"{self.name}.weight"))
         else:
             y = matmul_t(x, self.weights.get(f"{self.name}.weight"))
         if self.bias:
@@ -98,6 +103,17 @@ def matmul(x: TensorValue, w: TensorValue) -> TensorValue:
     return ops.cast(ops.cast(x, w.dtype) @ w, x.dtype)
 
 
+def rowwise_product(x: TensorValue, w: TensorValue) -> TensorValue:
+    """``x @ w^T`` (``w`` (out, in)) as an elementwise product and a sum over ``in``, in float32.
+
+    On an NVIDIA GPU MAX runs a float32 matmul of more than one row on tensor cores, which round its
+    inputs to TF32 (10-bit mantissa: logits off by ~1e-3 relative, docs/performance.md, entry 36);
+    a multiply-and-sum stays float32.  For the few rows of a decoder step it reads ``w`` once per
+    row, which is what a matrix-vector product reads anyway."""
+    y = ops.sum(ops.unsqueeze(x, -2) * as_float32(w), axis=-1)  # (..., out, 1)
+    return ops.squeeze(y, -1)
+
+
 def as_float32(x: TensorValue) -> TensorValue:
     return x if x.dtype == DType.float32 else ops.cast(x, DType.float32)
 
@@ -113,9 +129,9 @@ class LayerNorm:
 class MLP:
     """``mlp.0`` (Linear) -> GELU (exact, erf) -> ``mlp.2`` (Linear)."""
 
-    def __init__(self, weights: WeightSource, name: str, quantized: bool = False) -> None:
-        self.fc1 = Linear(weights, f"{name}.0", quantized=quantized)
-        self.fc2 = Linear(weights, f"{name}.2", quantized=quantized)
+    def __init__(self, weights: WeightSource, name: str, quantized: bool = False, rowwise: bool = False) -> None:
+        self.fc1 = Linear(weights, f"{name}.0", quantized=quantized, rowwise=rowwise)
+        self.fc2 = Linear(weights, f"{name}.2", quantized=quantized, rowwise=rowwise)
 
     def __call__(self, x: TensorValue) -> TensorValue:
         return self.fc2(ops.gelu(self.fc1(x)))
@@ -173,6 +189,29 @@ def attend_one(q: TensorValue, k: TensorValue, v_t: TensorValue, n_head: int) ->
     return merge_heads(ops.reshape(out, [batch, n_head, 1, head_state]))
 
 
+def attend_rows(
+    q: TensorValue, k: TensorValue, v_t: TensorValue, n_head: int, mask: TensorValue | None = None
+) -> TensorValue:
+    """:func:`attend_one` for one query row per token row, against keys and values shared by groups
+    of rows (a decoder step of whisper's beams or samples, which read their audio's cross K/V).
+
+    q (batch, 1, state); k (n_keys_rows, head, n_keys, head_state) and v_t (n_keys_rows, head,
+    head_state, n_keys), with batch = n_keys_rows * group (audio-major, as whisper orders beams);
+    mask (n_keys,) additive, or None.  Multiply-and-sum reductions only: no matmul, so no TF32 on a GPU.
+    """
+    batch, _, state = q.shape
+    head_state = int(state) // n_head
+    rows, n_keys = k.shape[0], k.shape[2]
+    group = batch // rows
+    q = ops.reshape(ops.rebind(q, [rows * group, 1, state]), [rows, group, n_head, 1, head_state])
+    scores = ops.sum(ops.unsqueeze(k, 1) * q, axis=-1)  # (rows, group, head, n_keys, 1)
+    scores = ops.reshape(scores, [rows, group, n_head, 1, n_keys]) * (1.0 / math.sqrt(head_state))
+    if mask is not None:
+        scores = scores + mask
+    out = ops.sum(ops.unsqueeze(v_t, 1) * ops.softmax(scores, axis=-1), axis=-1)  # (rows, group, head, head_state, 1)
+    return ops.rebind(ops.reshape(out, [rows * group, 1, state]), [batch, 1, state])
+
+
 class KVCache(NamedTuple):
     """One block's self-attention cache: two mutable buffers with room for ``n_text_ctx`` positions.
 
@@ -213,14 +252,20 @@ class MultiHeadAttention:
     """
 
     def __init__(
-        self, weights: WeightSource, name: str, n_head: int, quantized: bool = False, cross: bool = False
+        self,
+        weights: WeightSource,
+        name: str,
+        n_head: int,
+        quantized: bool = False,
+        cross: bool = False,
+        rowwise: bool = False,
     ) -> None:
         self.n_head = n_head
-        self.one_query = quantized
-        self.query = Linear(weights, f"{name}.query", quantized=quantized)
-        self.key = Linear(weights, f"{name}.key", bias=False, quantized=quantized and not cross)
-        self.value = Linear(weights, f"{name}.value", quantized=quantized and not cross)
-        self.out = Linear(weights, f"{name}.out", quantized=quantized)
+        self.one_query = quantized or rowwise
+        self.query = Linear(weights, f"{name}.query", quantized=quantized, rowwise=rowwise)
+        self.key = Linear(weights, f"{name}.key", bias=False, quantized=quantized and not cross, rowwise=rowwise)
+        self.value = Linear(weights, f"{name}.value", quantized=quantized and not cross, rowwise=rowwise)
+        self.out = Linear(weights, f"{name}.out", quantized=quantized, rowwise=rowwise)
 
     def __call__(self, x: TensorValue, mask: TensorValue | None = None) -> TensorValue:
         """Self-attention without a cache (the encoder's)."""
@@ -253,6 +298,30 @@ class MultiHeadAttention:
         k_t, v = ops.transpose(k, 2, 3), ops.transpose(v_t, 2, 3)
         return self.out(attend(self.query(x), k_t, v, self.n_head, mask))
 
+    def at_position(self, x: TensorValue, cache: KVCache, position: TensorValue, n_ctx: int) -> TensorValue:
+        """Self-attention of one new token per row at ``position`` (a (1,) int64 tensor on the device),
+        over the whole cache with the positions after it masked: every shape is fixed, so a captured
+        device graph of the step replays at any position (:meth:`cached` slices at host scalars).
+
+        The new keys and values go in by rewriting each cache buffer with the new row selected at
+        ``position`` (a few MB per row, microseconds on a GPU)."""
+        k_new, v_new = self.key_value(x, one_query=True)  # (batch, head, 1, d), (batch, head, d, 1)
+        index = ops.range(0, n_ctx, 1, out_dim=n_ctx, dtype=DType.int64, device=position.device)
+        at = index == position  # (n_ctx,)
+        keys = ops.where(ops.reshape(at, [1, 1, n_ctx, 1]), k_new, ops.buffer_load(cache.keys))
+        values_t = ops.where(ops.reshape(at, [1, 1, 1, n_ctx]), v_new, ops.buffer_load(cache.values))
+        ops.buffer_store(cache.keys, keys)
+        ops.buffer_store(cache.values, values_t)
+        floor = ops.constant(-math.inf, DType.float32, position.device)
+        zero = ops.constant(0.0, DType.float32, position.device)
+        mask = ops.where(index <= position, zero, floor)  # (n_ctx,)
+        return self.out(attend_rows(self.query(x), keys, values_t, self.n_head, mask))
+
+    def cross_rows(self, x: TensorValue, k_audio: TensorValue, v_t_audio: TensorValue) -> TensorValue:
+        """Cross-attention of one token per row over the audio keys/values in the one-query layouts
+        (:meth:`key_value` with ``one_query``), one row per audio shared by that audio's token rows."""
+        return self.out(attend_rows(self.query(x), k_audio, v_t_audio, self.n_head))
+
     def cross(self, x: TensorValue, k_audio: TensorValue, v_audio: TensorValue) -> TensorValue:
         """Cross-attention over the audio keys/values (from :meth:`key_value`, once per window).
 
@@ -274,17 +343,23 @@ class MultiHeadAttention:
 
 class ResidualAttentionBlock:
     def __init__(
-        self, weights: WeightSource, name: str, n_head: int, cross_attention: bool, quantized: bool = False
+        self,
+        weights: WeightSource,
+        name: str,
+        n_head: int,
+        cross_attention: bool,
+        quantized: bool = False,
+        rowwise: bool = False,
     ) -> None:
-        self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized)
+        self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized, rowwise=rowwise)
         self.attn_ln = LayerNorm(weights, f"{name}.attn_ln")
         self.cross_attn = (
-            MultiHeadAttention(weights, f"{name}.cross_attn", n_head, quantized, cross=True)
+            MultiHeadAttention(weights, f"{name}.cross_attn", n_head, quantized, cross=True, rowwise=rowwise)
             if cross_attention
             else None
         )
         self.cross_attn_ln = LayerNorm(weights, f"{name}.cross_attn_ln") if cross_attention else None
-        self.mlp = MLP(weights, f"{name}.mlp", quantized)
+        self.mlp = MLP(weights, f"{name}.mlp", quantized, rowwise=rowwise)
         self.mlp_ln = LayerNorm(weights, f"{name}.mlp_ln")
 
     def __call__(self, x: TensorValue) -> TensorValue:
@@ -304,6 +379,15 @@ class ResidualAttentionBlock:
         """The decoder's block for new tokens at ``span``; their self-attention K/V go into ``cache``."""
         x = x + self.attn.cached(self.attn_ln(x), cache, span, mask)
         x = x + self.cross_attn.cross(self.cross_attn_ln(x), k_audio, v_audio)
+        return x + self.mlp(self.mlp_ln(x))
+
+    def at_position(
+        self, x: TensorValue, cache: KVCache, k_audio: TensorValue, v_t_audio: TensorValue, position: TensorValue
+    ) -> TensorValue:
+        """The decoder's block for one new token per row at ``position`` (see :meth:`TextDecoder.step`)."""
+        n_ctx = int(cache.keys.shape[2])
+        x = x + self.attn.at_position(self.attn_ln(x), cache, position, n_ctx)
+        x = x + self.cross_attn.cross_rows(self.cross_attn_ln(x), k_audio, v_t_audio)
         return x + self.mlp(self.mlp_ln(x))
 
 
@@ -365,13 +449,22 @@ class TextDecoder:
 
     ``quantized=True`` builds the *draft* decoder: the same blocks with 4-bit copies of their
     matrices (the embeddings, layer norms, biases and cross-attention K/V stay float32).
+    ``rowwise=True`` builds the GPU's *decoder step* (:meth:`step`): one token per row at a
+    position held on the device, every product a multiply-and-sum (:func:`rowwise_product`).
     """
 
-    def __init__(self, weights: WeightSource, dims: ModelDimensions, quantized: bool = False) -> None:
+    def __init__(
+        self, weights: WeightSource, dims: ModelDimensions, quantized: bool = False, rowwise: bool = False
+    ) -> None:
         self.weights = weights
         self.blocks = [
             ResidualAttentionBlock(
-                weights, f"decoder.blocks.{i}", dims.n_text_head, cross_attention=True, quantized=quantized
+                weights,
+                f"decoder.blocks.{i}",
+                dims.n_text_head,
+                cross_attention=True,
+                quantized=quantized,
+                rowwise=rowwise,
             )
             for i in range(dims.n_text_layer)
         ]
@@ -410,6 +503,22 @@ class TextDecoder:
         if rows is not None:
             x = ops.gather(x, rows, axis=1)
         return self.ln(x)
+
+    def step(
+        self, tokens: TensorValue, position: TensorValue, caches: Sequence[KVCache], cross_kv: Sequence[TensorValue]
+    ) -> TensorValue:
+        """Logits (batch, 1, n_vocab) of one new token per row, tokens (batch, 1) at ``position``
+        ((1,) int64 on the device; every row of a step is at the same position).
+
+        caches: one :class:`KVCache` per block (the new keys and values are written at
+        ``position``); cross_kv [k_0, v_t_0, ...] in the one-query layouts of :meth:`cross_kv`.
+        All shapes but the batch are fixed, so the step can be captured as a device graph and
+        replayed (see :mod:`.inference`)."""
+        positional = ops.gather(self.weights.get("decoder.positional_embedding"), position, axis=0)  # (1, state)
+        x = self.embedding_rows(tokens) + positional
+        for i, block in enumerate(self.blocks):
+            x = block.at_position(x, caches[i], cross_kv[2 * i], cross_kv[2 * i + 1], position)
+        return rowwise_product(self.ln(x), self.weights.get(TOKEN_EMBEDDING))
 
     def embed(self, tokens: TensorValue, span: Span) -> TensorValue:
         """Token + positional embedding of tokens (batch, n_new) placed at positions ``span``."""

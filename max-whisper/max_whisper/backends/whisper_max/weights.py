@@ -67,12 +67,17 @@ def is_decoder_matrix(name: str) -> bool:
 
 
 def state_dict_arrays(
-    state_dict: dict[str, torch.Tensor], *, draft: bool = True, decoder_dtype: str = "float32"
+    state_dict: dict[str, torch.Tensor],
+    *,
+    draft: bool = True,
+    decoder_dtype: str = "float32",
+    embedding_rows: bool = False,
 ) -> dict[str, Any]:
     """The registry: openai-whisper names -> contiguous float32 arrays, plus with ``draft`` the draft
     decoder's 4-bit copies; with ``decoder_dtype="bfloat16"`` the decoder blocks' matrices
     (:func:`is_decoder_matrix`) are bfloat16 torch tensors (numpy has no bfloat16; MAX takes any
-    DLPack array)."""
+    DLPack array).  ``embedding_rows`` keeps the (n_vocab, state) token embedding as well, under
+    :data:`TOKEN_EMBEDDING`: the GPU's decoder step scores a row against each of its rows."""
     arrays: dict[str, Any] = {
         name: np.ascontiguousarray(t.detach().cpu().float().numpy()) for name, t in state_dict.items()
     }
@@ -81,7 +86,7 @@ def state_dict_arrays(
             arrays[name] = state_dict[name].detach().cpu().to(torch.bfloat16).contiguous()
     elif decoder_dtype != "float32":
         raise ValueError(f"unknown decoder dtype {decoder_dtype!r}")
-    embedding = arrays.pop(TOKEN_EMBEDDING)  # float32 for both decoder types
+    embedding = arrays[TOKEN_EMBEDDING] if embedding_rows else arrays.pop(TOKEN_EMBEDDING)  # float32 for both types
     arrays[TOKEN_EMBEDDING_T] = np.ascontiguousarray(embedding.T)
     del embedding  # one copy of the 80 MB (tiny) at a time
     if draft:
