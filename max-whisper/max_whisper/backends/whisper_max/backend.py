@@ -31,11 +31,10 @@ try:  # the MAX engine is an optional dependency: the other backends work withou
     from max.engine import InferenceSession
 
     from .artifacts import ArtifactStore
-    from .graphs import DTYPES, GraphPlan, LoadedGraphs, MaxWhisperGraphs
+    from .graphs import DTYPES, GraphPlan, LoadedGraphs, MaxWhisperGraphs, plan_arrays
     from .inference import MaxInference
     from .layers import WeightSource
     from .speculation import DecoderStats, SpeculationPolicy
-    from .weights import state_dict_arrays
 except ImportError as exc:  # pragma: no cover - exercised only where max is missing
     _MAX_IMPORT_ERROR: ImportError | None = exc
     DTYPES = ("float32", "bfloat16")
@@ -57,7 +56,7 @@ class EncodedWindow(NamedTuple):
     mel: torch.Tensor
     features: torch.Tensor
     cross_kv: list[Buffer]
-    row_cross_kv: list[Buffer] | None
+    row_cross_kv: list[Buffer]
 
 
 def select_device(device: str) -> str:
@@ -133,10 +132,7 @@ class MaxBackend(Backend):
             checkpoint = load_checkpoint(model)
             self.dims = ModelDimensions(**checkpoint["dims"])
             self.tokenizer = get_tokenizer(self.is_multilingual, num_languages=self.num_languages)
-            # the draft's 4-bit copies are made when the draft graph is first loaded (greedy runs)
-            arrays = state_dict_arrays(
-                checkpoint["model_state_dict"], draft=False, decoder_dtype=dtype, embedding_rows=self.plan.step
-            )
+            arrays = plan_arrays(checkpoint["model_state_dict"], self.plan)
             self.driver_device = Accelerator() if self.device_name == "gpu" else CPU()
             # MAX 26.7 creates its CPU device at import time with the default thread
             # count (one per core); asking the session for another count aborts the
@@ -187,7 +183,7 @@ class MaxBackend(Backend):
         self._inference_stats.append(inference.stats)
         return inference
 
-    def cross_kv(self, audio_features: torch.Tensor) -> tuple[list[Buffer], list[Buffer] | None]:
+    def cross_kv(self, audio_features: torch.Tensor) -> tuple[list[Buffer], list[Buffer]]:
         """Every decoder block's cross-attention keys and values, once per window: ([k_0, v_0, ...] in
         the exact decoder's layouts, the same in the layouts of the plan's single-row decoder: the
         draft's on the CPU, the decoder step's on a GPU)."""
@@ -203,9 +199,10 @@ class MaxBackend(Backend):
         buffers = list(self.models["cross_kv"].execute(self.to_device(audio_features.float().cpu().numpy())))
         return self._split_cross_kv(buffers)
 
-    def _split_cross_kv(self, buffers: list[Buffer]) -> tuple[list[Buffer], list[Buffer] | None]:
+    def _split_cross_kv(self, buffers: list[Buffer]) -> tuple[list[Buffer], list[Buffer]]:
+        """Every plan has a single-row decoder (the draft or the decoder step), so both sets are there."""
         n_kv = 2 * self.dims.n_text_layer
-        return buffers[:n_kv], (buffers[n_kv:] if self.plan.draft or self.plan.step else None)
+        return buffers[:n_kv], buffers[n_kv:]
 
     # -- what the decoders counted --------------------------------------------------------
     def decoder_stats(self) -> DecoderStats:

@@ -98,9 +98,8 @@ def compile_graphs(
 
     from ...models import load_checkpoint
     from .artifacts import ArtifactStore
-    from .graphs import GraphPlan, MaxWhisperGraphs
+    from .graphs import GraphPlan, MaxWhisperGraphs, plan_arrays
     from .layers import WeightSource
-    from .weights import state_dict_arrays
 
     plan = GraphPlan(options.device, options.dtype)
     names = options.graphs or plan.transcription_graphs
@@ -117,10 +116,7 @@ def compile_graphs(
     with warnings.catch_warnings():  # whisper's tokenizer leaves its vocabulary file to the collector
         warnings.simplefilter("ignore", ResourceWarning)
         tokenizer = get_tokenizer(multilingual, num_languages=dims.n_vocab - 51765 - int(multilingual))
-    # the draft's 4-bit weights are added by MaxWhisperGraphs when it builds the draft
-    arrays = state_dict_arrays(
-        checkpoint["model_state_dict"], draft=False, decoder_dtype=options.dtype, embedding_rows=plan.step
-    )
+    arrays = plan_arrays(checkpoint["model_state_dict"], plan)
     graphs = MaxWhisperGraphs(dims, WeightSource(arrays, plan.device_ref), tokenizer.timestamp_begin, plan)
     device = Accelerator() if options.device == "gpu" else CPU()
     # for this machine's device, also into the store the backend loads compiled graphs from

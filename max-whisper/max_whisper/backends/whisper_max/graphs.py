@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from max.dtype import DType
 from max.engine import InferenceSession, MissingArtifactError
@@ -48,7 +49,7 @@ from ...errors import MaxWhisperError
 from ...timing import StageTimer
 from .artifacts import ArtifactStore
 from .layers import N_TOTAL, AudioEncoder, KVCache, Span, TextDecoder, WeightSource
-from .weights import DRAFT_EMBEDDING, draft_arrays
+from .weights import DRAFT_EMBEDDING, draft_arrays, state_dict_arrays
 
 DEVICES = ("cpu", "gpu")
 #: Decoder weight types (the first is the default): float32 is token-identical to the cpu backend.
@@ -125,6 +126,13 @@ class GraphPlan:
     @property
     def weight_dtype(self) -> DType:
         return DType.bfloat16 if self.dtype == "bfloat16" else DType.float32
+
+
+def plan_arrays(state_dict: Mapping[str, Any], plan: GraphPlan) -> dict[str, Any]:
+    """The weights registry of ``plan``: its decoder type, the (vocab, state) embedding where the plan has
+    a decoder step, and no draft weights yet (:meth:`MaxWhisperGraphs.add_draft_weights` adds them when
+    the draft is first built or loaded)."""
+    return state_dict_arrays(state_dict, draft=False, decoder_dtype=plan.dtype, embedding_rows=plan.step)
 
 
 def cache_shapes(dims: ModelDimensions, batch: int | str) -> list:
