@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -162,11 +163,12 @@ def test_several_export_folders_are_read_as_one_set(
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) -> None:
     """Built (not compiled) for a GPU: five graphs, no Q4_0 matmul (MAX's is CPU-only); with bfloat16
-    the decoder reads bfloat16 matrices under its own graph name, and cross K/V stays float32."""
+    the decoder reads bfloat16 matrices under its own graph name, and cross K/V stays float32; the
+    step has no matmul and every other float32 matmul is split against TF32."""
     require_max()
     from whisper.model import ModelDimensions
 
-    from max_whisper.backends.whisper_max.graphs import GraphPlan, MaxWhisperGraphs
+    from max_whisper.backends.whisper_max.graphs import GraphPlan, MaxWhisperGraphs, plan_arrays
     from max_whisper.backends.whisper_max.layers import WeightSource
     from max_whisper.backends.whisper_max.weights import state_dict_arrays
 
@@ -183,14 +185,28 @@ def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) 
         text = str(graph)
         assert "qmatmul" not in text, f"{name} uses a CPU-only Q4_0 kernel"
         assert "gpu" in text.lower(), f"{name} is not placed on the GPU"
-    decoder = str(built["decoder"])
-    assert ("bf16" in decoder) == (dtype == "bfloat16")
-    assert "bf16" not in str(built["cross_kv"]) and "bf16" not in str(built["encoder"])
+
+    def bfloat16_weights(name: str) -> list[str]:
+        return [line for line in str(built[name]).splitlines() if "constant.external" in line and "bf16>" in line]
+
+    assert bool(bfloat16_weights("decoder")) == (dtype == "bfloat16")
+    assert not bfloat16_weights("cross_kv") and not bfloat16_weights("encoder")
     assert built["decoder"].name == ("whisper_decoder" if dtype == "float32" else "whisper_decoder_bfloat16")
     step = "whisper_decoder_step" + ("" if dtype == "float32" else "_bfloat16")
-    assert built["decoder_step"].name == step and ("bf16" in str(built["decoder_step"])) == (dtype == "bfloat16")
+    assert built["decoder_step"].name == step and bool(bfloat16_weights("decoder_step")) == (dtype == "bfloat16")
     # the step's products are multiply-and-sum reductions: no matmul, which MAX runs on TF32 tensor cores
     assert "matmul" not in str(built["decoder_step"])
+    # every product of the others is split (layers.SplitProduct; bfloat16 weights are widened first): each of
+    # the CPU plan's matmuls is there once, its two operands each cast to bfloat16 for the split
+    cpu_plan = GraphPlan("cpu")
+    cpu_arrays = plan_arrays(checkpoint["model_state_dict"], cpu_plan)
+    cpu_graphs = MaxWhisperGraphs(graphs.dims, WeightSource(cpu_arrays, cpu_plan.device_ref), 50363, cpu_plan)
+    for name in ("encoder", "cross_kv", "decoder"):
+        lines = str(built[name]).splitlines()
+        matmuls = sum("matmul" in line for line in lines)
+        splits = sum("mo.cast" in line and re.search(r"-> !mo\.tensor<[^>]*bf16", line) is not None for line in lines)
+        assert matmuls == str(cpu_graphs.build(name)).count("matmul"), f"{name}: matmuls added or lost"
+        assert splits == 2 * matmuls, f"{name}: {splits} bfloat16 splits for {matmuls} matmuls"
 
 
 @pytest.mark.max

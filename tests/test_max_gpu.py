@@ -1,5 +1,5 @@
-"""The max backend on a GPU: float32 token-identical to the cpu backend, bfloat16 within 1 % token error,
-beam search.
+"""The max backend on a GPU: float32 token-identical to the cpu backend (greedy and beam search), bfloat16
+within 1 % token error.
 
 These run where PyTorch sees CUDA and MAX sees an accelerator, and are skipped elsewhere with the
 reason. ``MAX_WHISPER_PRECOMPILED`` (folders from ``max-whisper compile --target ... --export``, one
@@ -96,26 +96,29 @@ def test_the_decoder_step_is_replayed_from_a_captured_device_graph(gpu_backends:
     info = backend.describe()
     assert "decoder_step" in info["graphs_loaded"] and info["decoder_counters"]["steps"] > 0
     assert info["capture"], "MAX refused to capture the decoder step: it ran eagerly (see the logged warning)"
-    # what the captured graphs hold is reported (docs/performance.md, entry 36: the card read 73.9 GB in use)
-    assert min(info["gpu_graph_memory_used_bytes"], info["gpu_graph_memory_reserved_bytes"]) >= 0
+    # the card's memory in use is reported (with capture nearly all of it: docs/performance.md, entry 37)
+    assert 0 < info["gpu_memory_used_bytes"] <= torch.cuda.mem_get_info(0)[1]
 
 
-def test_bfloat16_token_error_within_one_percent(cpu_backend: Any, gpu_backends: dict) -> None:
+def test_bfloat16_token_error_within_one_percent(cpu_backend: Any, gpu_backends: dict, max_report: Any) -> None:
     errors = total = 0
     for clip in [JFK, *LIBRISPEECH]:
         ours = sum(tokens_of(_transcribe(gpu_backends["bfloat16"], clip, temperature=0.0)), [])
         ref = sum(tokens_of(_transcribe(cpu_backend, clip, temperature=0.0)), [])
         errors += edit_distance(ours, ref)
         total += len(ref)
+    max_report.record_parity("bfloat16 decoder: token error vs cpu", errors / max(total, 1), BF16_TOKEN_ERROR)
     assert total > 0 and errors / total <= BF16_TOKEN_ERROR, f"{errors} of {total} tokens differ"
 
 
 BEAM_CLIPS = [pytest.param(JFK, id=JFK.stem)] + [pytest.param(p, id=p.stem) for p in LIBRISPEECH[:2]]
 
 
-@pytest.mark.parametrize("clip", BEAM_CLIPS)
-def test_beam_search_same_text_as_cpu(clip: Path, cpu_backend: Any, gpu_backends: dict) -> None:
+@pytest.mark.parametrize("clip", [*BEAM_CLIPS, pytest.param(LONGFORM, id=LONGFORM.stem, marks=pytest.mark.slow)])
+def test_float32_beam_search_token_identical_to_cpu(clip: Path, cpu_backend: Any, gpu_backends: dict) -> None:
+    """Beam 5 chooses among near-equal scores, so it needs float32 products throughout: the split
+    products of the encoder and the prompt pass (``layers.SplitProduct``), the step's multiply-and-sum."""
     options = {"temperature": 0.0, "beam_size": 5, "best_of": 5}
     ours = _transcribe(gpu_backends["float32"], clip, **options)
     ref = _transcribe(cpu_backend, clip, **options)
-    assert ours["text"] == ref["text"]
+    assert tokens_of(ours) == tokens_of(ref), f"max gpu {ours['text']!r} != cpu {ref['text']!r}"

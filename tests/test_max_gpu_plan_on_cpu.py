@@ -82,11 +82,11 @@ def test_decoder_step_matches_the_decoder_pass(gpu_plan_backends: dict, n_rows: 
             if use_step:
                 if inference.step is None:
                     inference.step = DecoderStep(backend, inference.cache, inference.row_cross_kv, n_rows)
-                out = inference.step(tokens[:, i : i + 1].numpy(), position)
+                logits.append(inference.step(tokens[:, i : i + 1].numpy(), position).numpy())
                 inference.n_past += 1
             else:
                 out = inference._pass(tokens[:, i : i + 1].numpy(), position, rows=[0])
-            logits.append(backend.to_numpy(out).copy())
+                logits.append(backend.to_numpy(out).copy())
         held = inference.n_past
         caches = [backend.to_numpy(c)[..., :held, :] if k % 2 == 0 else backend.to_numpy(c)[..., :held]
                   for k, c in enumerate(inference.cache)]  # fmt: skip

@@ -730,3 +730,54 @@ def test_tokens_longer_than_text_context(max_backend: Any, torch_model: Any) -> 
             inference.logits(torch.zeros((1, n_ctx + 1), dtype=torch.long), features)
     finally:
         inference.cleanup_caching()
+
+
+# -- the GPU plan's split float32 products ---------------------------------------------------------------
+
+
+def tf32(x: np.ndarray) -> np.ndarray:
+    """float32 ``x`` rounded to TF32 (10 explicit mantissa bits, to nearest): what an NVIDIA GPU's tensor
+    cores multiply when MAX runs a float32 matmul on them."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x1000) & 0xFFFFE000
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def test_split_product_is_float32_exact_under_tf32(rng: np.random.Generator, random_parity: Parity) -> None:
+    """The GPU plan's :class:`SplitProduct` on MAX's CPU: its parts are what it promises (a bfloat16-exact
+    high part, an exact rest), and with every matmul input rounded to TF32 (emulated in float64) its
+    three products keep float32 accuracy where one TF32 matmul does not."""
+    pytest.importorskip("max.engine", reason="the MAX engine is not installed")
+    from max.driver import CPU, Buffer
+    from max.dtype import DType
+    from max.engine import InferenceSession
+    from max.graph import DeviceRef, Graph, TensorType
+
+    from max_whisper.backends.whisper_max.layers import SplitProduct, bfloat16_split
+
+    a = rng.standard_normal((8, 384)).astype(np.float32)
+    b = (rng.standard_normal((384, 520)) * 0.05).astype(np.float32)
+    device = DeviceRef.CPU()
+    types = [TensorType(DType.float32, list(a.shape), device), TensorType(DType.float32, list(b.shape), device)]
+    with Graph("test_split_product", input_types=types) as graph:
+        x, w = (v.tensor for v in graph.inputs)
+        graph.output(*bfloat16_split(x), *bfloat16_split(w), SplitProduct()(x, w))
+    model = InferenceSession(devices=[CPU()]).load(graph)
+    a_hi, a_lo, b_hi, b_lo, product = (o.to_numpy() for o in model.execute(Buffer.from_numpy(a), Buffer.from_numpy(b)))
+
+    for x, hi, lo in ((a, a_hi, a_lo), (b, b_hi, b_lo)):
+        assert not (hi.view(np.uint32) & 0xFFFF).any(), "the high part is not a bfloat16 value"
+        assert np.array_equal(hi + lo, x), "high + low part is not the input"
+        assert np.all(np.abs(lo) <= 2.0**-8 * np.abs(x)), "the low part is more than 2^-8 of the input"
+        assert np.array_equal(tf32(hi), hi), "TF32 does not hold the high part exactly"
+
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    random_parity.check("SplitProduct on MAX's CPU", product, exact, bound=1e-6)
+    one_tf32 = tf32(a).astype(np.float64) @ tf32(b).astype(np.float64)
+    three_tf32 = (
+        a_hi.astype(np.float64) @ b_hi.astype(np.float64)
+        + tf32(a_hi).astype(np.float64) @ tf32(b_lo).astype(np.float64)
+        + tf32(a_lo).astype(np.float64) @ tf32(b).astype(np.float64)
+    )
+    assert rel_err(one_tf32, exact) > 1e-4, "the TF32 emulation does not round"
+    random_parity.check("SplitProduct with TF32 inputs", three_tf32, exact, bound=1e-5)

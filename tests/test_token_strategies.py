@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from whisper.decoding import ApplyTimestampRules, BeamSearchDecoder, DecodingOptions, GreedyDecoder, Inference
+from whisper.decoding import (
+    ApplyTimestampRules,
+    BeamSearchDecoder,
+    DecodingOptions,
+    GreedyDecoder,
+    Inference,
+    SuppressTokens,
+)
 from whisper.tokenizer import get_tokenizer
 
 from max_whisper.decoding import BackendDecodingTask, ModelAdapter
@@ -21,6 +28,7 @@ from max_whisper.token_strategies import (
     BatchedBeamSearchDecoder,
     BatchedGreedyDecoder,
     BatchedTimestampRules,
+    IndexedSuppressTokens,
     StepLogProbs,
 )
 
@@ -132,8 +140,12 @@ def test_step_log_probs_are_computed_once_and_follow_in_place_changes() -> None:
     assert again is not changed and torch.equal(again, torch.log_softmax(logits, dim=-1))
 
 
+#: Tokens a step suppresses (whisper's ``SuppressTokens``): some of the best of :func:`coarse_logits` rows too.
+SUPPRESSED = [220, 1, 2, 7, 8, 9, 10, 14, 25, 26, 27, 28, 29, 31, 58, 59, 60, 61, 62, 63, 90, 91, 92, 93, 357]
+
+
 def whisper_and_batched_decoders(kind: str) -> list[tuple[Any, Any]]:
-    """(whisper's rules and decoder, ours sharing one StepLogProbs) for ``kind``."""
+    """(whisper's filters and decoder, ours sharing one StepLogProbs) for ``kind``."""
     pairs = []
     for batched in (False, True):
         log_probs = StepLogProbs()
@@ -153,14 +165,16 @@ def whisper_and_batched_decoders(kind: str) -> list[tuple[Any, Any]]:
             if batched
             else ApplyTimestampRules(TOKENIZER, SAMPLE_BEGIN, 50)
         )
-        pairs.append((rules, decoder))
+        suppress = IndexedSuppressTokens(SUPPRESSED) if batched else SuppressTokens(SUPPRESSED)
+        pairs.append(([suppress, rules], decoder))
     return pairs
 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("kind", ["greedy", "sampling", "beam"])
 def test_whole_steps_sharing_one_log_softmax_are_whispers(seed: int, kind: str) -> None:
-    """The timestamp rules, then the decoder, step after step: tokens and sums bit for bit."""
+    """The suppressed tokens and timestamp rules, then the decoder, step after step: tokens and sums bit
+    for bit (greedy takes the first of tied maxima, whisper's torch and our numpy alike)."""
     rng = np.random.default_rng(300 + seed)
     n = 5
     prompt = [TOKENIZER.sot, TOKENIZER.transcribe, TOKENIZER.no_timestamps]
@@ -170,9 +184,10 @@ def test_whole_steps_sharing_one_log_softmax_are_whispers(seed: int, kind: str) 
     for step in range(10):
         logits = coarse_logits(rng, n)
         results = []
-        for (rules, decoder), state in zip(pairs, states, strict=True):
+        for (filters, decoder), state in zip(pairs, states, strict=True):
             step_logits = logits.clone()
-            rules.apply(step_logits, state[0])
+            for logit_filter in filters:
+                logit_filter.apply(step_logits, state[0])
             text_masked += int(torch.isinf(step_logits[:, : TOKENIZER.timestamp_begin]).all(dim=-1).sum())
             torch.manual_seed(seed * 100 + step)  # the sampler draws the same numbers for both
             state[0], completed = decoder.update(state[0], step_logits, state[1])
@@ -202,5 +217,7 @@ def test_decoding_task_uses_the_strategies_a_backend_asks_for(
         assert task.decoder.inference is task.inference
     rules = [f for f in task.logit_filters if isinstance(f, ApplyTimestampRules)]
     assert len(rules) == 1 and isinstance(rules[0], BatchedTimestampRules) == batched
+    suppress = [f for f in task.logit_filters if isinstance(f, SuppressTokens)]
+    assert len(suppress) == 1 and isinstance(suppress[0], IndexedSuppressTokens) == batched
     if batched:  # one log-softmax a step, shared
         assert rules[0].log_probs is task.decoder.log_probs

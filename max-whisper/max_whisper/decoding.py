@@ -45,6 +45,7 @@ from whisper.decoding import (
     DecodingTask,
     GreedyDecoder,
     Inference,
+    SuppressTokens,
 )
 from whisper.decoding import detect_language as _whisper_detect_language
 
@@ -53,7 +54,13 @@ from .backends.base import Backend
 from .errors import UsageError
 from .mel import log_mel_spectrogram
 from .timing import StageTimer
-from .token_strategies import BatchedBeamSearchDecoder, BatchedGreedyDecoder, BatchedTimestampRules, StepLogProbs
+from .token_strategies import (
+    BatchedBeamSearchDecoder,
+    BatchedGreedyDecoder,
+    BatchedTimestampRules,
+    IndexedSuppressTokens,
+    StepLogProbs,
+)
 
 
 class TimedInference(Inference):
@@ -162,24 +169,31 @@ class BackendDecodingTask(DecodingTask):
                 )
             elif type(self.decoder) is GreedyDecoder:
                 self.decoder = BatchedGreedyDecoder(self.decoder.temperature, self.decoder.eot, log_probs)
-            self.logit_filters = [
-                BatchedTimestampRules(f.tokenizer, f.sample_begin, f.max_initial_timestamp_index, log_probs)
-                if type(f) is ApplyTimestampRules
-                else f
-                for f in self.logit_filters
-            ]
+            self.logit_filters = [_batched_filter(f, log_probs) for f in self.logit_filters]
         if isinstance(self.decoder, BeamSearchDecoder):  # whisper's or the batched one: it reorders our cache
             self.decoder.inference = self.inference
 
 
+def _batched_filter(logit_filter: Any, log_probs: StepLogProbs) -> Any:
+    """The batched twin of one of whisper's logit filters (the filter itself where there is none)."""
+    if type(logit_filter) is ApplyTimestampRules:
+        f = logit_filter
+        return BatchedTimestampRules(f.tokenizer, f.sample_begin, f.max_initial_timestamp_index, log_probs)
+    if type(logit_filter) is SuppressTokens:
+        return IndexedSuppressTokens(logit_filter.suppress_tokens)
+    return logit_filter
+
+
 @contextmanager
 def _whisper_uses(mel_function: Any, backend: Backend) -> Iterator[None]:
-    """Within the block, ``whisper.transcribe`` computes its log-mel with ``mel_function``, timed as ``mel``."""
+    """Within the block, ``whisper.transcribe`` computes its log-mel with ``mel_function``, timed as ``mel``,
+    on the torch threads the caller had (the token logic may run on fewer: ``host_torch_threads``)."""
     module = importlib.import_module("whisper.transcribe")
     original = module.log_mel_spectrogram
+    threads = torch.get_num_threads()
 
     def timed(*args: Any, **kwargs: Any) -> torch.Tensor:
-        with backend.timer.stage("mel"):
+        with backend.timer.stage("mel"), _torch_threads(threads):
             return mel_function(*args, **kwargs)
 
     module.log_mel_spectrogram = timed

@@ -118,9 +118,9 @@ class MaxBackend(Backend):
         # device graphs exist on a GPU only (MAX: "No graph-capture devices available" on the CPU)
         self.capture = bool(capture) and self.plan.step and self.device_name == "gpu"
         self.capture_keys = itertools.count(1)
-        # the host's token logic and log-mel: one torch thread beside MAX's CPU kernels, all of them
-        # beside a GPU
-        self.host_torch_threads = 1 if self.device_name == "cpu" else None
+        # whisper's token logic: one torch thread, off MAX's CPU kernels; beside a GPU too, where its
+        # small per-step tensors run faster on one thread than on a pool (docs/performance.md, entry 37)
+        self.host_torch_threads = 1
         given = precompiled or os.environ.get(PRECOMPILED_ENV) or ""
         folders = [folder for folder in given.split(os.pathsep) if folder]
         for folder in folders:
@@ -231,15 +231,12 @@ class MaxBackend(Backend):
             min_draft_margin=self.speculation.min_margin,
             decoder_counters=self.decoder_stats().as_dict(),  # since the backend was made, warm-up included
         )
-        if self.device_name == "gpu":
-            # MAX's own counters: the memory its captured device graphs hold, reserved and in use
-            stats = self.driver_device.stats
-            info["gpu_graph_memory_reserved_bytes"] = int(stats.get("graph_mem_reserved", 0))
-            info["gpu_graph_memory_used_bytes"] = int(stats.get("graph_mem_used", 0))
-            if torch.cuda.is_available():
-                info["gpu_name"] = torch.cuda.get_device_name(0)
-                free, total = torch.cuda.mem_get_info(0)
-                info["gpu_memory_used_bytes"] = int(total - free)  # the whole card's, every process's
+        if self.device_name == "gpu" and torch.cuda.is_available():
+            # the card's own reading: capturing the decoder step takes nearly all of the free memory,
+            # which MAX's counters (driver_device.stats) do not show (docs/performance.md, entry 37)
+            info["gpu_name"] = torch.cuda.get_device_name(0)
+            free, total = torch.cuda.mem_get_info(0)
+            info["gpu_memory_used_bytes"] = int(total - free)  # the whole card's, every process's
         return info
 
 

@@ -48,7 +48,7 @@ from whisper.model import ModelDimensions
 from ...errors import MaxWhisperError
 from ...timing import StageTimer
 from .artifacts import ArtifactStore
-from .layers import N_TOTAL, AudioEncoder, KVCache, Span, TextDecoder, WeightSource
+from .layers import MATMUL, N_TOTAL, AudioEncoder, KVCache, Product, Span, SplitProduct, TextDecoder, WeightSource
 from .weights import DRAFT_EMBEDDING, draft_arrays, state_dict_arrays
 
 DEVICES = ("cpu", "gpu")
@@ -120,6 +120,14 @@ class GraphPlan:
         return self.transcription_graphs + ("cross_kv",)
 
     @property
+    def product(self) -> Product:
+        """How the encoder and the decoder pass multiply float32 matrices: on a GPU MAX's float32 matmul
+        runs on TF32 tensor cores, too coarse for beam search to choose as the cpu backend does, so
+        the GPU plan splits each product into three (:class:`layers.SplitProduct`); the CPU's matmul
+        is float32."""
+        return SplitProduct() if self.device == "gpu" else MATMUL
+
+    @property
     def device_ref(self) -> DeviceRef:
         return DeviceRef.GPU() if self.target == "gpu" else DeviceRef.CPU()
 
@@ -169,8 +177,8 @@ class MaxWhisperGraphs:
         self.weights = weights
         self.plan = plan
         self.device = weights.device
-        self.encoder = AudioEncoder(weights, dims)
-        self.decoder = TextDecoder(weights, dims)
+        self.encoder = AudioEncoder(weights, dims, plan.product)
+        self.decoder = TextDecoder(weights, dims, product=plan.product)
         self.draft_decoder = TextDecoder(weights, dims, quantized=True) if plan.draft else None
         self.step_decoder = TextDecoder(weights, dims, rowwise=True) if plan.step else None
         self.n_kv = 2 * dims.n_text_layer

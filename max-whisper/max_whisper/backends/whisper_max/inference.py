@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from max.driver import Buffer
+from max.driver import Buffer, Usage
+from max.dtype import DType
 from whisper.decoding import Inference
 
 from ...errors import InputShapeError
@@ -40,7 +41,10 @@ class DecoderStep:
     replays it: one launch per token instead of one per kernel (about 100 for tiny, each ~7 µs of
     host time when launched one by one; docs/performance.md, entry 36).  A replay reads the buffers it
     was captured with, which is why the inputs are refreshed in place and the cache is reordered in
-    place.  If MAX refuses to capture, the backend stops trying and the step runs eagerly."""
+    place.  If MAX refuses to capture, the backend stops trying and the step runs eagerly.
+
+    On a GPU the logits come back through a pinned host buffer made once, not a new host buffer per
+    token (0.04 against 0.12 ms a token on an H100; docs/performance.md, entry 37)."""
 
     def __init__(self, backend: MaxBackend, cache: list[Buffer], cross_kv: list[Buffer], n_batch: int) -> None:
         self.backend = backend
@@ -52,15 +56,19 @@ class DecoderStep:
             # MAX's CPU buffers share their arrays' memory: the graph reads the host array itself (a
             # copy into another buffer is not ordered before the next execute on MAX's CPU device)
             self.tokens, self.position, self.copies = tokens, position, []
+            self.host_logits: Buffer | None = None
         else:  # copied in on the device's stream, ahead of the launch that reads them
             self.tokens = backend.to_device(np.zeros((n_batch, 1), dtype=np.int64))
             self.position = backend.to_device(np.zeros(1, dtype=np.int64))
             self.copies = [(self.tokens, tokens), (self.position, position)]
+            shape = [n_batch, 1, backend.dims.n_vocab]
+            self.host_logits = Buffer(DType.float32, shape, device=backend.driver_device, usage=Usage.STAGING)
         self.inputs = [self.tokens, self.position, *cache, *cross_kv]
         self.key: int | None = None  # the captured device graph's key
         self.logits: Buffer | None = None  # its output buffer, rewritten by each replay
 
-    def __call__(self, tokens: np.ndarray, position: int) -> Buffer:
+    def __call__(self, tokens: np.ndarray, position: int) -> torch.Tensor:
+        """The logits (batch, 1, n_vocab) of the next token after ``tokens`` (batch, 1) at ``position``."""
         # the previous step's logits were read back, so its copies are done with the host array
         self.host[:-1] = tokens
         self.host[-1] = position
@@ -69,9 +77,15 @@ class DecoderStep:
         if self.key is None and self.backend.capture:
             self._capture()
         if self.key is None:
-            return self.model.execute(*self.inputs)[0]
-        self.model.replay(self.key, *self.inputs)
-        return self.logits
+            logits = self.model.execute(*self.inputs)[0]
+        else:
+            self.model.replay(self.key, *self.inputs)
+            logits = self.logits
+        if self.host_logits is None:  # the CPU: the graph's output is in host memory already
+            return self.backend.to_torch(logits)
+        self.host_logits.inplace_copy_from(logits)
+        self.backend.driver_device.synchronize()
+        return torch.from_numpy(np.array(np.from_dlpack(self.host_logits), copy=True))
 
     def _capture(self) -> None:
         key = next(self.backend.capture_keys)
@@ -154,7 +168,7 @@ class MaxInference(Inference):
             return self.bursts.logits(tokens[0].tolist())[None, None]
         self.n_past = min(self.n_past, n_tokens - 1)
         if backend.plan.step:
-            return backend.to_torch(self._step(tokens[:, -1:].numpy()))
+            return self._step(tokens[:, -1:].numpy())
         return backend.to_torch(self._pass(tokens[:, -1:].numpy(), self.n_past, rows=[0]))
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
@@ -216,9 +230,9 @@ class MaxInference(Inference):
         self.n_past = start + n_new
         return logits
 
-    def _step(self, tokens: np.ndarray) -> Buffer:
+    def _step(self, tokens: np.ndarray) -> torch.Tensor:
         """The newest token of each row, (batch, 1), through the ``decoder_step`` graph at ``n_past``
-        (the GPU plan): the logits (batch, 1, n_vocab), still on the device."""
+        (the GPU plan): the logits (batch, 1, n_vocab)."""
         if self.step is None:
             self.step = DecoderStep(self.backend, self.cache, self.row_cross_kv, tokens.shape[0])
         logits = self.step(tokens, self.n_past)

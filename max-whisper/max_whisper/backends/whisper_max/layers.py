@@ -35,6 +35,46 @@ from .weights import DRAFT_EMBEDDING, TOKEN_EMBEDDING, TOKEN_EMBEDDING_T, draft_
 LN_EPS = 1e-5
 
 
+class Product:
+    """How a graph multiplies two matrices, ``a @ b``: MAX's matmul (float32 on the CPU)."""
+
+    def __call__(self, a: TensorValue, b: TensorValue) -> TensorValue:
+        return a @ b
+
+
+class SplitProduct(Product):
+    """float32 ``a @ b`` to within a few 1e-6 relative, on a device whose float32 matmul rounds its
+    inputs to TF32 (an NVIDIA GPU's tensor cores: a 10-bit mantissa, ~3.5e-4 relative error in MAX's
+    matmul, enough to change beam search's choices; docs/performance.md, entry 36).
+
+    Each operand is split into a bfloat16-exact high part and the float32 rest (``x = hi + lo``, the
+    rest under 2^-8 of ``x``); TF32 holds ``hi`` exactly, so ``hi_a hi_b`` is exact and the two
+    correction terms lose ~2^-19 of ``|a||b|`` each:
+    ``a @ b ~ lo_a @ b + hi_a @ lo_b + hi_a @ hi_b``, computed as one matmul over a contraction axis
+    three times as long (``[lo_a, hi_a, hi_a] @ [b; lo_b; hi_b]``): one kernel, and one matmul for
+    MAX to compile rather than three.  The small terms come first in the sum: on MAX's CPU that
+    keeps the result within 3e-7 of float64 (1.5e-6 with the large terms first, 6e-7 for a plain
+    float32 matmul).  Operands of other types multiply as they are."""
+
+    def __call__(self, a: TensorValue, b: TensorValue) -> TensorValue:
+        if a.dtype != DType.float32 or b.dtype != DType.float32:
+            return a @ b
+        a_hi, a_lo = bfloat16_split(a)
+        b_hi, b_lo = bfloat16_split(b)
+        return ops.concat([a_lo, a_hi, a_hi], axis=-1) @ ops.concat([b, b_lo, b_hi], axis=-2)
+
+
+def bfloat16_split(x: TensorValue) -> tuple[TensorValue, TensorValue]:
+    """float32 ``x`` as ``hi + lo``: ``hi`` rounded to bfloat16 (8 significant bits) and widened back,
+    ``lo = x - hi`` exactly.  Casts, not arithmetic tricks, so no compiler contraction changes it."""
+    hi = ops.cast(ops.cast(x, DType.bfloat16), DType.float32)
+    return hi, x - hi
+
+
+#: The plain product: every graph of the CPU plan, and what the layers use unless told otherwise.
+MATMUL = Product()
+
+
 class WeightSource:
     """Hands out graph values for openai-whisper ``state_dict`` names.
 
@@ -71,12 +111,20 @@ class Linear:
     ``quantized``: multiply by the 4-bit draft copy of ``W`` (:func:`draft_name`) instead: the
     draft decoder's linear layers (the bias stays float32).  ``rowwise``: each output as a
     multiply-and-sum over a row of ``W`` (:func:`rowwise_product`), exact float32 on a GPU.
+    Otherwise ``product`` multiplies (:class:`Product`).
     """
 
     def __init__(
-        self, weights: WeightSource, name: str, bias: bool = True, quantized: bool = False, rowwise: bool = False
+        self,
+        weights: WeightSource,
+        name: str,
+        bias: bool = True,
+        quantized: bool = False,
+        rowwise: bool = False,
+        product: Product = MATMUL,
     ) -> None:
         self.weights, self.name, self.bias, self.quantized, self.rowwise = weights, name, bias, quantized, rowwise
+        self.product = product
 
     def __call__(self, x: TensorValue) -> TensorValue:
         if self.quantized:
@@ -84,23 +132,24 @@ class Linear:
         elif self.rowwise:
             y = rowwise_product(x, self.weights.get(f"{self.name}.weight"))
         else:
-            y = matmul_t(x, self.weights.get(f"{self.name}.weight"))
+            y = matmul_t(x, self.weights.get(f"{self.name}.weight"), self.product)
         if self.bias:
             y = y + self.weights.get(f"{self.name}.bias")
         return y
 
 
-def matmul_t(x: TensorValue, w: TensorValue) -> TensorValue:
+def matmul_t(x: TensorValue, w: TensorValue, product: Product = MATMUL) -> TensorValue:
     """``x @ w^T`` in ``x``'s type (``w`` in torch's ``Linear`` layout, (out, in))."""
-    return matmul(x, ops.transpose(w, 0, 1))
+    return matmul(x, ops.transpose(w, 0, 1), product)
 
 
-def matmul(x: TensorValue, w: TensorValue) -> TensorValue:
-    """``x @ w`` in ``x``'s type; a weight of another type (a bfloat16 decoder's) multiplies ``x``
-    cast to its type, and the product is cast back."""
-    if w.dtype == x.dtype:
-        return x @ w
-    return ops.cast(ops.cast(x, w.dtype) @ w, x.dtype)
+def matmul(x: TensorValue, w: TensorValue, product: Product = MATMUL) -> TensorValue:
+    """``x @ w`` in ``x``'s type; a weight of another type (a bfloat16 decoder's) is widened to it, so
+    only the stored weights are rounded, as in the decoder step's multiply-and-sum products (a
+    bfloat16 matmul would round the activations and the result to 8 bits as well)."""
+    if w.dtype != x.dtype:
+        w = ops.cast(w, x.dtype)
+    return product(x, w)
 
 
 def rowwise_product(x: TensorValue, w: TensorValue) -> TensorValue:
@@ -129,9 +178,16 @@ class LayerNorm:
 class MLP:
     """``mlp.0`` (Linear) -> GELU (exact, erf) -> ``mlp.2`` (Linear)."""
 
-    def __init__(self, weights: WeightSource, name: str, quantized: bool = False, rowwise: bool = False) -> None:
-        self.fc1 = Linear(weights, f"{name}.0", quantized=quantized, rowwise=rowwise)
-        self.fc2 = Linear(weights, f"{name}.2", quantized=quantized, rowwise=rowwise)
+    def __init__(
+        self,
+        weights: WeightSource,
+        name: str,
+        quantized: bool = False,
+        rowwise: bool = False,
+        product: Product = MATMUL,
+    ) -> None:
+        self.fc1 = Linear(weights, f"{name}.0", quantized=quantized, rowwise=rowwise, product=product)
+        self.fc2 = Linear(weights, f"{name}.2", quantized=quantized, rowwise=rowwise, product=product)
 
     def __call__(self, x: TensorValue) -> TensorValue:
         return self.fc2(ops.gelu(self.fc1(x)))
@@ -157,7 +213,12 @@ def keys_transposed(k: TensorValue, n_head: int) -> TensorValue:
 
 
 def attend(
-    q: TensorValue, k_t: TensorValue, v: TensorValue, n_head: int, mask: TensorValue | None = None
+    q: TensorValue,
+    k_t: TensorValue,
+    v: TensorValue,
+    n_head: int,
+    mask: TensorValue | None = None,
+    product: Product = MATMUL,
 ) -> TensorValue:
     """softmax(q k^T / sqrt(d_head) + mask) v (whisper's ``qkv_attention``).
 
@@ -166,10 +227,10 @@ def attend(
     Caches are kept in these head layouts so a decoder step permutes only its new rows.
     """
     head_state = int(q.shape[-1]) // n_head
-    scores = (split_heads(q, n_head) @ k_t) * (1.0 / math.sqrt(head_state))
+    scores = product(split_heads(q, n_head), k_t) * (1.0 / math.sqrt(head_state))
     if mask is not None:  # (n_new, n_past + n_new): the same length at run time as the keys
         scores = scores + ops.rebind(mask, scores.shape[-2:])
-    return merge_heads(ops.softmax(scores, axis=-1) @ v)
+    return merge_heads(product(ops.softmax(scores, axis=-1), v))
 
 
 def attend_one(q: TensorValue, k: TensorValue, v_t: TensorValue, n_head: int) -> TensorValue:
@@ -259,18 +320,21 @@ class MultiHeadAttention:
         quantized: bool = False,
         cross: bool = False,
         rowwise: bool = False,
+        product: Product = MATMUL,
     ) -> None:
         self.n_head = n_head
         self.one_query = quantized or rowwise
-        self.query = Linear(weights, f"{name}.query", quantized=quantized, rowwise=rowwise)
-        self.key = Linear(weights, f"{name}.key", bias=False, quantized=quantized and not cross, rowwise=rowwise)
-        self.value = Linear(weights, f"{name}.value", quantized=quantized and not cross, rowwise=rowwise)
-        self.out = Linear(weights, f"{name}.out", quantized=quantized, rowwise=rowwise)
+        self.product = product
+        self.query = Linear(weights, f"{name}.query", quantized=quantized, rowwise=rowwise, product=product)
+        own_kv = quantized and not cross  # the draft's cross K/V come from the float32 encoder graph
+        self.key = Linear(weights, f"{name}.key", bias=False, quantized=own_kv, rowwise=rowwise, product=product)
+        self.value = Linear(weights, f"{name}.value", quantized=own_kv, rowwise=rowwise, product=product)
+        self.out = Linear(weights, f"{name}.out", quantized=quantized, rowwise=rowwise, product=product)
 
     def __call__(self, x: TensorValue, mask: TensorValue | None = None) -> TensorValue:
         """Self-attention without a cache (the encoder's)."""
         k_t, v = self.key_value(x)
-        return self.out(attend(self.query(x), k_t, v, self.n_head, mask))
+        return self.out(attend(self.query(x), k_t, v, self.n_head, mask, self.product))
 
     def key_value(self, x: TensorValue, one_query: bool | None = None) -> tuple[TensorValue, TensorValue]:
         """Keys and values of ``x`` in the head layouts :func:`attend` takes, or with ``one_query``
@@ -296,7 +360,7 @@ class MultiHeadAttention:
         if self.one_query:
             return self.out(attend_one(self.query(x), k, v_t, self.n_head))
         k_t, v = ops.transpose(k, 2, 3), ops.transpose(v_t, 2, 3)
-        return self.out(attend(self.query(x), k_t, v, self.n_head, mask))
+        return self.out(attend(self.query(x), k_t, v, self.n_head, mask, self.product))
 
     def at_position(self, x: TensorValue, cache: KVCache, position: TensorValue, n_ctx: int) -> TensorValue:
         """Self-attention of one new token per row at ``position`` (a (1,) int64 tensor on the device),
@@ -337,7 +401,8 @@ class MultiHeadAttention:
         n_audio = k_audio.shape[0]
         group = batch // n_audio
         q = ops.rebind(self.query(x), [group * n_audio, n_new, state])  # asserts batch = n_audio * group
-        out = attend(ops.reshape(q, [n_audio, group * n_new, state]), k_audio, v_audio, self.n_head)
+        queries = ops.reshape(q, [n_audio, group * n_new, state])
+        out = attend(queries, k_audio, v_audio, self.n_head, product=self.product)
         return self.out(ops.rebind(ops.reshape(out, [group * n_audio, n_new, state]), [batch, n_new, state]))
 
 
@@ -350,16 +415,19 @@ class ResidualAttentionBlock:
         cross_attention: bool,
         quantized: bool = False,
         rowwise: bool = False,
+        product: Product = MATMUL,
     ) -> None:
-        self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized, rowwise=rowwise)
+        self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized, rowwise=rowwise, product=product)
         self.attn_ln = LayerNorm(weights, f"{name}.attn_ln")
         self.cross_attn = (
-            MultiHeadAttention(weights, f"{name}.cross_attn", n_head, quantized, cross=True, rowwise=rowwise)
+            MultiHeadAttention(
+                weights, f"{name}.cross_attn", n_head, quantized, cross=True, rowwise=rowwise, product=product
+            )
             if cross_attention
             else None
         )
         self.cross_attn_ln = LayerNorm(weights, f"{name}.cross_attn_ln") if cross_attention else None
-        self.mlp = MLP(weights, f"{name}.mlp", quantized, rowwise=rowwise)
+        self.mlp = MLP(weights, f"{name}.mlp", quantized, rowwise=rowwise, product=product)
         self.mlp_ln = LayerNorm(weights, f"{name}.mlp_ln")
 
     def __call__(self, x: TensorValue) -> TensorValue:
@@ -397,8 +465,8 @@ class Conv1d:
     Works on (batch, time, channels) values; ``stride`` 1 or 2 (whisper's conv1, conv2).
     """
 
-    def __init__(self, weights: WeightSource, name: str, stride: int) -> None:
-        self.weights, self.name, self.stride = weights, name, stride
+    def __init__(self, weights: WeightSource, name: str, stride: int, product: Product = MATMUL) -> None:
+        self.weights, self.name, self.stride, self.product = weights, name, stride, product
 
     def __call__(self, x: TensorValue) -> TensorValue:
         w = self.weights.get(f"{self.name}.weight")  # (out, in, 3)
@@ -417,18 +485,21 @@ class Conv1d:
             taps = [pairs, next_pairs[:, :, 0:in_channels]]
         columns = ops.concat(taps, axis=2)  # (batch, n_out, width * in), tap-major
         kernel = ops.reshape(ops.permute(w, [2, 1, 0]), [width * in_channels, out_channels])
-        return columns @ kernel + self.weights.get(f"{self.name}.bias")
+        return self.product(columns, kernel) + self.weights.get(f"{self.name}.bias")
 
 
 class AudioEncoder:
-    """whisper's ``AudioEncoder``: conv1, conv2, positional embedding, blocks, ``ln_post``."""
+    """whisper's ``AudioEncoder``: conv1, conv2, positional embedding, blocks, ``ln_post``;
+    ``product`` multiplies its matrices (:class:`Product`)."""
 
-    def __init__(self, weights: WeightSource, dims: ModelDimensions) -> None:
+    def __init__(self, weights: WeightSource, dims: ModelDimensions, product: Product = MATMUL) -> None:
         self.weights = weights
-        self.conv1 = Conv1d(weights, "encoder.conv1", stride=1)
-        self.conv2 = Conv1d(weights, "encoder.conv2", stride=2)
+        self.conv1 = Conv1d(weights, "encoder.conv1", stride=1, product=product)
+        self.conv2 = Conv1d(weights, "encoder.conv2", stride=2, product=product)
         self.blocks = [
-            ResidualAttentionBlock(weights, f"encoder.blocks.{i}", dims.n_audio_head, cross_attention=False)
+            ResidualAttentionBlock(
+                weights, f"encoder.blocks.{i}", dims.n_audio_head, cross_attention=False, product=product
+            )
             for i in range(dims.n_audio_layer)
         ]
         self.ln_post = LayerNorm(weights, "encoder.ln_post")
@@ -451,12 +522,19 @@ class TextDecoder:
     matrices (the embeddings, layer norms, biases and cross-attention K/V stay float32).
     ``rowwise=True`` builds the GPU's *decoder step* (:meth:`step`): one token per row at a
     position held on the device, every product a multiply-and-sum (:func:`rowwise_product`).
+    Otherwise ``product`` multiplies its matrices (:class:`Product`).
     """
 
     def __init__(
-        self, weights: WeightSource, dims: ModelDimensions, quantized: bool = False, rowwise: bool = False
+        self,
+        weights: WeightSource,
+        dims: ModelDimensions,
+        quantized: bool = False,
+        rowwise: bool = False,
+        product: Product = MATMUL,
     ) -> None:
         self.weights = weights
+        self.product = product
         self.blocks = [
             ResidualAttentionBlock(
                 weights,
@@ -465,6 +543,7 @@ class TextDecoder:
                 cross_attention=True,
                 quantized=quantized,
                 rowwise=rowwise,
+                product=product,
             )
             for i in range(dims.n_text_layer)
         ]
@@ -537,7 +616,7 @@ class TextDecoder:
 
     def logits(self, hidden: TensorValue) -> TensorValue:
         """(batch, n_rows, state) -> (batch, n_rows, n_vocab): against the token embedding."""
-        return matmul(hidden, self.weights.get(TOKEN_EMBEDDING_T))
+        return matmul(hidden, self.weights.get(TOKEN_EMBEDDING_T), self.product)
 
     def draft(self, hidden: TensorValue, timestamp_begin: int, n_vocab: int) -> tuple[TensorValue, TensorValue]:
         """Guess the token whisper will pick after each row: (guess, margin), each (batch, n_rows).
