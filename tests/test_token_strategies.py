@@ -221,3 +221,29 @@ def test_decoding_task_uses_the_strategies_a_backend_asks_for(
     assert len(suppress) == 1 and isinstance(suppress[0], IndexedSuppressTokens) == batched
     if batched:  # one log-softmax a step, shared
         assert rules[0].log_probs is task.decoder.log_probs
+
+
+@pytest.mark.parametrize("mel_threads", [None, 1])
+def test_the_log_mel_runs_on_the_backends_mel_threads(cpu_backend: Any, mel_threads: int | None) -> None:
+    """The token logic may run on ``host_torch_threads``; the log-mel on ``mel_torch_threads`` (the caller's
+    count when None): the max backend keeps both at one on the CPU device, where a woken torch pool slows
+    MAX's graphs, and gives the log-mel every thread beside a GPU."""
+    import importlib
+
+    from max_whisper.decoding import _torch_threads, _whisper_uses
+
+    caller = 2
+    seen: list[int] = []
+
+    def fake_mel(*args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return torch.zeros(1)
+
+    cpu_backend.mel_torch_threads = mel_threads  # an instance attribute over the class's None
+    try:
+        with _torch_threads(caller), _whisper_uses(fake_mel, cpu_backend), _torch_threads(1):
+            importlib.import_module("whisper.transcribe").log_mel_spectrogram(None)
+            logic_threads = torch.get_num_threads()
+    finally:
+        del cpu_backend.mel_torch_threads
+    assert seen == [mel_threads or caller] and logic_threads == 1

@@ -175,7 +175,8 @@ class BackendDecodingTask(DecodingTask):
 
 
 def _batched_filter(logit_filter: Any, log_probs: StepLogProbs) -> Any:
-    """The batched twin of one of whisper's logit filters (the filter itself where there is none)."""
+    """Our twin of one of whisper's logit filters, which masks the same logits with fewer torch operations
+    (``token_strategies``); the filter itself where there is none."""
     if type(logit_filter) is ApplyTimestampRules:
         f = logit_filter
         return BatchedTimestampRules(f.tokenizer, f.sample_begin, f.max_initial_timestamp_index, log_probs)
@@ -187,10 +188,11 @@ def _batched_filter(logit_filter: Any, log_probs: StepLogProbs) -> Any:
 @contextmanager
 def _whisper_uses(mel_function: Any, backend: Backend) -> Iterator[None]:
     """Within the block, ``whisper.transcribe`` computes its log-mel with ``mel_function``, timed as ``mel``,
-    on the torch threads the caller had (the token logic may run on fewer: ``host_torch_threads``)."""
+    on the backend's ``mel_torch_threads`` (by default the caller's; the token logic may run on fewer:
+    ``host_torch_threads``)."""
     module = importlib.import_module("whisper.transcribe")
     original = module.log_mel_spectrogram
-    threads = torch.get_num_threads()
+    threads = backend.mel_torch_threads or torch.get_num_threads()
 
     def timed(*args: Any, **kwargs: Any) -> torch.Tensor:
         with backend.timer.stage("mel"), _torch_threads(threads):

@@ -60,6 +60,9 @@ class Backend(ABC):
     #: torch's thread count while this backend transcribes (None: leave it): a backend whose model
     #: runs outside torch keeps torch's token logic on one thread, off the model's cores.
     host_torch_threads: int | None = None
+    #: torch's thread count for the log-mel (None: the caller's): on the CPU device the max backend
+    #: keeps it on one thread too, because a pool woken for it slows MAX's next graph calls.
+    mel_torch_threads: int | None = None
     #: whether whisper's beam search and timestamp rules run as :mod:`max_whisper.token_strategies`
     #: (the same tokens, one tensor operation per step instead of one per row); the cpu reference
     #: keeps whisper's own classes.

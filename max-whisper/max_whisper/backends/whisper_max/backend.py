@@ -119,8 +119,11 @@ class MaxBackend(Backend):
         self.capture = bool(capture) and self.plan.step and self.device_name == "gpu"
         self.capture_keys = itertools.count(1)
         # whisper's token logic: one torch thread, off MAX's CPU kernels; beside a GPU too, where its
-        # small per-step tensors run faster on one thread than on a pool (docs/performance.md, entry 37)
+        # small per-step tensors run faster on one thread than on a pool (docs/performance.md, entry 37).
+        # The log-mel: one thread on the CPU device (torch's pool, once woken, slows MAX's graphs by
+        # 1-3 s on a long beam run here), all of them beside a GPU (0.17 -> 0.03 s on the H100 host)
         self.host_torch_threads = 1
+        self.mel_torch_threads = 1 if self.device_name == "cpu" else None
         given = precompiled or os.environ.get(PRECOMPILED_ENV) or ""
         folders = [folder for folder in given.split(os.pathsep) if folder]
         for folder in folders:

@@ -29,6 +29,10 @@
     the encoder's second half alone: the cross K/V of audio features that did
     not come from the ``encoder`` graph (whisper's ``decode`` accepts features).
 
+On a GPU, MAX's float32 matmul runs on TF32 tensor cores; the GPU plan's ``encoder``,
+``decoder`` and ``cross_kv`` split each float32 product so that it keeps float32 accuracy
+(``layers.SplitProduct``, :attr:`GraphPlan.product`), and ``decoder_step`` has no matmul.
+
 Each graph takes its weights through a weights registry (never as constants),
 so MAX's on-disk compile cache, or artifacts exported by ``max-whisper
 compile``, serve every later process.
