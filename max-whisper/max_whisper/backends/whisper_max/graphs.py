@@ -181,8 +181,9 @@ class MaxWhisperGraphs:
         self.weights = weights
         self.plan = plan
         self.device = weights.device
-        self.encoder = AudioEncoder(weights, dims, plan.product)
-        self.decoder = TextDecoder(weights, dims, product=plan.product)
+        product = plan.product  # the encoder and the decoder pass multiply alike
+        self.encoder = AudioEncoder(weights, dims, product=product)
+        self.decoder = TextDecoder(weights, dims, product=product)
         self.draft_decoder = TextDecoder(weights, dims, quantized=True) if plan.draft else None
         self.step_decoder = TextDecoder(weights, dims, rowwise=True) if plan.step else None
         self.n_kv = 2 * dims.n_text_layer
