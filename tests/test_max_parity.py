@@ -401,6 +401,39 @@ def test_decoder_features_shared_by_group(
         theirs.cleanup_caching()
 
 
+def test_reorders_after_a_shared_prompt(
+    max_backend: Any, torch_model: Any, tokenizer: Any, real_features: torch.Tensor, real_parity: Parity
+) -> None:
+    """Beam search's reorders after a prompt run once for 5 rows: the CPU plan copies only the positions
+    after the prompt (the prompt's keys and values are the same in every row), and the next steps still
+    match the reference's, which reorders its whole cache."""
+    from whisper.decoding import PyTorchInference
+
+    prompt = list(tokenizer.sot_sequence_including_notimestamps) + tokenizer.encode(JFK_TEXT)[:6]
+    tokens = torch.tensor([prompt] * 5)
+    features = real_features[:1]
+    ours, theirs = max_backend.inference(tokens.shape[-1]), PyTorchInference(torch_model, tokens.shape[-1])
+    sources = ([1, 0, 2, 4, 3], [2, 2, 0, 1, 4], [4, 3, 3, 0, 1], [0, 1, 2, 3, 4], [3, 3, 3, 3, 2])
+    try:
+        with torch.no_grad():
+            for step, source in enumerate(sources):
+                got, ref = ours.logits(tokens, features), theirs.logits(tokens, features)
+                check_logits(real_parity, f"5 rows after a shared prompt, step {step}", got, ref, tokens, tokenizer.sot)
+                if step == 0:
+                    assert ours.shared_prefix == len(prompt)  # the prompt was run once and shared
+                ours.rearrange_kv_cache(source)
+                theirs.rearrange_kv_cache(source)
+                # a different next token in every row, so the rows' generated positions differ
+                next_tokens = ref[:, -1].topk(5, dim=-1).indices[torch.arange(5), torch.arange(5)]
+                tokens = torch.cat([tokens[source], next_tokens[:, None]], dim=-1)
+            got, ref = ours.logits(tokens, features), theirs.logits(tokens, features)
+            check_logits(real_parity, "5 rows after five reorders", got, ref, tokens, tokenizer.sot)
+    finally:
+        ours.cleanup_caching()
+        theirs.cleanup_caching()
+    assert ours.shared_prefix == 0
+
+
 def test_logits_from_real_mel(
     max_backend: Any, torch_model: Any, tokenizer: Any, real_mel: dict[str, Any], real_parity: Parity
 ) -> None:

@@ -135,7 +135,11 @@ class BatchedBeamSearchDecoder(BeamSearchDecoder):
         # float32 sums, as whisper's (sum_logprobs[idx] + logprob).item()
         candidate_scores = (sum_logprobs.unsqueeze(1) + top_logprobs).tolist()
         candidate_tokens = top_tokens.tolist()
-        prefixes = [tuple(row) for row in tokens.tolist()]
+        # whisper keys each candidate by its whole sequence; (the first row with the same prefix, token)
+        # is the same key without building and hashing a tuple of the history per candidate
+        same = (tokens.unsqueeze(1) == tokens.unsqueeze(0)).all(dim=-1)
+        prefix_of = same.to(torch.int8).argmax(dim=1).tolist()
+        prefixes: list[list[int]] | None = None  # the histories as lists, only for finished sequences
 
         next_tokens, source_indices, next_scores, finished_sequences = [], [], [], []
         for i in range(n_audio):
@@ -144,25 +148,28 @@ class BatchedBeamSearchDecoder(BeamSearchDecoder):
             # its last score and source, as in whisper's dicts)
             for idx in range(i * self.beam_size, (i + 1) * self.beam_size):
                 for score, token in zip(candidate_scores[idx], candidate_tokens[idx], strict=True):
-                    sequence = prefixes[idx] + (token,)
-                    scores[sequence] = score
-                    sources[sequence] = idx
+                    key = (prefix_of[idx], token)
+                    scores[key] = score
+                    sources[key] = idx
             # STEP 2: rank the candidates and keep the top beam_size sequences for each audio
             saved = 0
-            for sequence in sorted(scores, key=scores.get, reverse=True):
-                if sequence[-1] == self.eot:
-                    finished[sequence] = scores[sequence]
+            for key in sorted(scores, key=scores.get, reverse=True):
+                if key[1] == self.eot:
+                    if prefixes is None:
+                        prefixes = tokens.tolist()
+                    finished[tuple(prefixes[sources[key]]) + (key[1],)] = scores[key]
                 else:
-                    next_scores.append(scores[sequence])
-                    next_tokens.append(sequence)
-                    source_indices.append(sources[sequence])
+                    next_scores.append(scores[key])
+                    next_tokens.append(key[1])
+                    source_indices.append(sources[key])
                     saved += 1
                     if saved == self.beam_size:
                         break
             finished_sequences.append(finished)
 
         sum_logprobs[: len(next_scores)] = torch.tensor(next_scores, dtype=sum_logprobs.dtype)
-        tokens = torch.tensor(next_tokens, device=tokens.device)
+        new_tokens = torch.tensor(next_tokens, dtype=tokens.dtype, device=tokens.device)
+        tokens = torch.cat([tokens[source_indices], new_tokens[:, None]], dim=-1)
         self.inference.rearrange_kv_cache(source_indices)
 
         # add newly finished sequences to self.finished_sequences

@@ -131,6 +131,9 @@ class MaxInference(Inference):
         self.cross_kv: list[Buffer] | None = None  # the exact decoder's
         self.row_cross_kv: list[Buffer] | None = None  # the same, in the draft's or the decoder step's layouts
         self.n_past = 0  # positions of the cache that hold the keys/values of the current history
+        # positions [0, shared_prefix) hold the same keys/values in every row (a prompt run once and
+        # copied to every beam or sample): a reorder leaves them alone
+        self.shared_prefix = 0
         self.n_audio = 0  # rows of audio features (cross K/V) of the current window
         self.first_row: Buffer | None = None  # rows=[0] on the device, made once (a one-token step's)
         self.step: DecoderStep | None = None  # the GPU plan's single-token pass, made after the prompt's
@@ -167,6 +170,7 @@ class MaxInference(Inference):
         if n_batch == 1 and self.bursts is not None:
             return self.bursts.logits(tokens[0].tolist())[None, None]
         self.n_past = min(self.n_past, n_tokens - 1)
+        self.shared_prefix = min(self.shared_prefix, self.n_past)
         if backend.plan.step:
             return self._step(tokens[:, -1:].numpy())
         return backend.to_torch(self._pass(tokens[:, -1:].numpy(), self.n_past, rows=[0]))
@@ -184,7 +188,7 @@ class MaxInference(Inference):
             self.step = None
         self.cache = self.host_cache = None
         self.cross_kv = self.row_cross_kv = None
-        self.n_past = 0
+        self.n_past = self.shared_prefix = 0
         if self.bursts is not None:
             self.bursts.start(0)
 
@@ -192,9 +196,11 @@ class MaxInference(Inference):
     def _reorder(self, source_indices: Sequence[int]) -> None:
         """Row i of the cache becomes row source_indices[i], for the held positions [0, n_past).
 
-        In the CPU plan the cache buffers share memory with host arrays, and only the rows that
-        change are copied, by numpy (most beam steps keep some beams in place); in the GPU plan the
-        ``reorder`` graph gathers every row on the device."""
+        In the CPU plan the cache buffers share memory with host arrays, and only what changes is
+        copied, by numpy: the rows whose source is another row (most beam steps keep some beams in
+        place), at the positions after the prompt the rows share (:attr:`shared_prefix`; ≈ 170 of
+        ≈ 200 held positions on the long-form clip). In the GPU plan the ``reorder`` graph gathers
+        every row on the device."""
         backend = self.backend
         if self.host_cache is None:
             index = backend.to_device(np.asarray(source_indices, dtype=np.int64))
@@ -202,7 +208,7 @@ class MaxInference(Inference):
             return
         rows = [row for row, source in enumerate(source_indices) if row != source]
         sources = [source_indices[row] for row in rows]
-        held = slice(0, self.n_past)
+        held = slice(self.shared_prefix, self.n_past)
         for i, array in enumerate(self.host_cache):  # keys (batch, head, ctx, d), values (batch, head, d, ctx)
             if i % 2 == 0:
                 array[rows, :, held, :] = array[sources, :, held, :]  # the right side is a copy
@@ -265,12 +271,14 @@ class MaxInference(Inference):
         as many MB of memory (docs/performance.md, entry 32).
 
         Beam search and best-of give every row of one audio the same prompt: it is then run
-        once, in the first row of the cache, and copied to the other rows.
+        once, in the first row of the cache, and copied to the other rows, which later reorders
+        leave alone (:attr:`shared_prefix`).
         """
         backend = self.backend
         n_batch, n_tokens = tokens.shape
         # one array per buffer: on the CPU a Buffer shares its numpy array's memory
         arrays = [np.zeros(shape, dtype=np.float32) for shape in cache_shapes(backend.dims, n_batch)]
+        self.shared_prefix = 0
         self.cache = [backend.to_device(array) for array in arrays]
         # a plan without the reorder graph (the CPU's) reorders the cache in host memory
         self.host_cache = None if "reorder" in backend.plan.transcription_graphs else arrays
@@ -281,6 +289,7 @@ class MaxInference(Inference):
             first_rows = [buffer[0:1, :, :, :] for buffer in self.cache]  # views of row 0
             row_logits = backend.to_torch(self._pass(tokens[:1].numpy(), 0, rows, cache=first_rows))
             self._reorder([0] * n_batch)
+            self.shared_prefix = self.n_past
         else:
             row_logits = backend.to_torch(self._pass(tokens.numpy(), 0, rows))
         logits = torch.from_numpy(np.zeros((n_batch, n_tokens, row_logits.shape[-1]), dtype=np.float32))
