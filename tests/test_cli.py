@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import io
 import json
@@ -457,6 +458,51 @@ def test_subprocess_missing_file_exit_code_and_one_line(tmp_path):
     assert lines == [f"max-whisper: error: {missing}: no such file"]
     assert proc.stdout == ""
     assert files_in(out) == []
+
+
+# --------------------------------------------------------------------------- the console script's collector
+
+
+@pytest.fixture
+def collector():
+    """Leave CPython's cyclic garbage collector as the suite runs it: on, nothing frozen."""
+    yield
+    gc.unfreeze()
+    gc.enable()
+
+
+def test_console_script_runs_main_without_the_collector_and_freezes_before_exit(monkeypatch, collector):
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda: seen.append(gc.isenabled()) or 3)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run()
+    assert exit_info.value.code == 3
+    assert seen == [False]
+    assert gc.get_freeze_count() > 0
+
+
+def test_transcribe_turns_the_collector_back_on_once_loaded(jfk, run, out_dir, monkeypatch, collector):
+    loading = []
+    create = backend_module.create_backend
+
+    def create_noting_the_collector(*args, **kwargs):
+        loading.append(gc.isenabled())
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(backend_module, "create_backend", create_noting_the_collector)
+    gc.disable()
+    code, out, err = run("transcribe", jfk, "-f", "txt", "-o", out_dir, *GREEDY)
+    assert code == 0, err
+    assert JFK_WORDS in normalize(out)
+    assert loading == [False]
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+
+
+def test_other_commands_run_with_the_collector_on(run, collector):
+    gc.disable()
+    code, _, err = run("benchmark", "--modes", "bogus")
+    assert code == 2 and "unknown decoding mode" in err
+    assert gc.isenabled()
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])

@@ -5,17 +5,19 @@ subcommand runs (``max-whisper --help`` imports none of them, nor torch). A subc
 exposes ``add_arguments(parser)`` and ``run_from_args(args) -> int`` (an
 :class:`~max_whisper.errors.ExitCode`).
 
-This module is the one place where exceptions become exit codes (:func:`main`) and where messages
-are printed (:func:`print_error`, :func:`print_warning`, :func:`report`): ``max-whisper: error:
-<one line>`` for anything the user can fix (a :class:`~max_whisper.errors.MaxWhisperError`, exit code
-from the error), ``max-whisper: internal error: <Type>: <one line>`` for the rest (exit 1, traceback
-with ``--verbose``).
+This module is the one place where exceptions become exit codes (:func:`main`), where the console
+script sets up the garbage collector for a one-shot process (:func:`run`), and where messages are
+printed (:func:`print_error`, :func:`print_warning`, :func:`report`): ``max-whisper: error: <one line>``
+for anything the user can fix (a :class:`~max_whisper.errors.MaxWhisperError`, exit code from the
+error), ``max-whisper: internal error: <Type>: <one line>`` for the rest (exit 1, traceback with
+``--verbose``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import os
 import sys
@@ -23,6 +25,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from .. import __version__
 from ..errors import ExitCode, MaxWhisperError, UsageError, describe, one_line
@@ -49,6 +52,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "transcribe many files (folders, manifests) on a Ray cluster, resumable",
     ),
 }
+
+#: Subcommands that turn the cyclic garbage collector back on themselves once set up
+#: (:func:`resume_collection`); :func:`main` does it before running any other.
+DEFERS_COLLECTION = frozenset({"transcribe"})
 
 
 # --------------------------------------------------------------------------- messages
@@ -132,8 +139,35 @@ def _first_command(argv: Sequence[str]) -> str | None:
 # --------------------------------------------------------------------------- entry point
 
 
+def resume_collection() -> None:
+    """Turn the cyclic garbage collector back on if :func:`run` turned it off, with every object made so
+    far frozen: the imported modules and the loaded model live as long as the process, so later
+    collections need not walk them again."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
+def run() -> NoReturn:
+    """The ``max-whisper`` console script (and ``python -m max_whisper``): :func:`main` in a process of
+    its own, then exit with its status.
+
+    Importing torch, whisper and MAX makes about a million long-lived objects. CPython's cyclic
+    collector walks them again and again while they load and once more as the interpreter exits:
+    ≈ 0.5 s and ≈ 1 s of a run on the 2-core box (docs/performance.md, entry 39). So the collector is
+    off until the command is set up (:func:`resume_collection`), and everything is frozen before exit,
+    which the interpreter's last collection then skips. Objects are still freed as their references go.
+    """
+    gc.disable()
+    try:
+        status = main()
+    finally:
+        gc.freeze()
+    sys.exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return its exit status (the console script does ``sys.exit(main())``)."""
+    """Run the CLI and return its exit status (the console script, :func:`run`, exits with it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a == "--verbose" or a.startswith("--verbose=") for a in argv)
     try:
@@ -149,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.print_usage(sys.stderr)
                 print_error(f"choose a command: {', '.join(COMMANDS)} (see --help)")
                 return ExitCode.USAGE
+            if args.command not in DEFERS_COLLECTION:
+                resume_collection()
             return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr, flush=True)
@@ -168,4 +204,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -14,7 +14,7 @@ import sys
 import time
 
 from ..errors import ExitCode
-from . import PROG, print_warning, report
+from . import PROG, print_warning, report, resume_collection
 from .args import add_transcribe_arguments, backend_options, check_arguments, transcription_options, writer_options
 
 DESCRIPTION = """\
@@ -63,6 +63,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     backend_kwargs = backend_options(args, backend_class(args.backend).capabilities)
     start = time.perf_counter()
     backend = create_backend(args.backend, args.model, **backend_kwargs)
+    resume_collection()  # the imports and the model are loaded (see cli.run)
     logger.info(
         "backend ready",
         extra={"backend": args.backend, "model": args.model, "load_seconds": round(time.perf_counter() - start, 3)},
