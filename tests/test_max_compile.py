@@ -24,8 +24,10 @@ from conftest import shared_clip
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-#: Seconds a cold compile of the GPU plan may take here (2 cores, empty MAX cache, measured ~5 min).
-GPU_COMPILE_TIMEOUT = 1500
+#: A guard against a hung compile, not a speed limit (compile times are logged in docs/performance.md):
+#: a cold compile of the GPU plan for sm_90a took ~5 min on a fast day and over 25 min on the slow,
+#: fresh machine of entry 39 (2 cores, empty MAX cache).
+GPU_COMPILE_TIMEOUT = 2700
 
 
 def require_max() -> None:
