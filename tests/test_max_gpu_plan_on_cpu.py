@@ -107,6 +107,76 @@ def test_float32_greedy_token_identical_to_cpu(clip: str, cpu_backend: Any, gpu_
     assert tokens_of(ours) == tokens_of(ref)
 
 
+def test_without_timestamps_greedy_token_identical_to_cpu(cpu_backend: Any, gpu_plan_backends: dict) -> None:
+    """Greedy without timestamps: the device's choice has its timestamp rule off."""
+    options = GREEDY | {"without_timestamps": True}
+    ref = _transcribe(cpu_backend, JFK, options)
+    ours = _transcribe(gpu_plan_backends["float32"], JFK, options)
+    assert tokens_of(ours) == tokens_of(ref)
+
+
+def test_the_device_greedy_choice_is_whispers_on_the_steps_logits(
+    gpu_plan_backends: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step's token and log-probability, picked in the ``decoder_step`` graph, against whisper's own
+    filters and greedy decoder applied to the logits the same step returned, with the step's history:
+    the same token, the log-probability within 1e-4 (entry 40: torch's CPU log_softmax is itself ~3e-5
+    off). The clips' steps include timestamp pairs and steps where the timestamp rules turn a text
+    choice into a timestamp."""
+    import numpy as np
+    from whisper.decoding import ApplyTimestampRules, GreedyDecoder, SuppressTokens
+
+    from max_whisper.backends.whisper_max.inference import DecoderStep
+    from max_whisper.decoding import BackendDecodingTask
+    from max_whisper.token_strategies import GreedyMasks
+
+    backend = gpu_plan_backends["float32"]
+    steps: list[dict] = []
+    tasks: list[BackendDecodingTask] = []
+    ranges, run, loop = GreedyMasks.ranges, DecoderStep._run, BackendDecodingTask._device_greedy_loop
+
+    def recorded_ranges(self: GreedyMasks, tokens: list[list[int]]) -> np.ndarray:
+        steps.append({"task": tasks[-1], "history": [list(row) for row in tokens]})
+        return ranges(self, tokens)
+
+    def recorded_run(self: DecoderStep, *args: Any) -> list:
+        outputs = run(self, *args)
+        steps[-1]["outputs"] = [backend.to_numpy(o).copy() for o in outputs]
+        return outputs
+
+    def recorded_loop(self: BackendDecodingTask, *args: Any) -> Any:
+        tasks.append(self)
+        return loop(self, *args)
+
+    monkeypatch.setattr(GreedyMasks, "ranges", recorded_ranges)
+    monkeypatch.setattr(DecoderStep, "_run", recorded_run)
+    monkeypatch.setattr(BackendDecodingTask, "_device_greedy_loop", recorded_loop)
+    for clip in CLIPS[:2]:
+        _transcribe(backend, clip, GREEDY)
+    assert len(steps) > 20
+
+    rule_picked_time = 0
+    for step in steps:
+        task, history = step["task"], torch.tensor(step["history"])
+        logits_out, token, logprob = step["outputs"]
+        logits = torch.from_numpy(logits_out[:, 0].copy())
+        for f in task.logit_filters:  # whisper's own classes for the batched twins
+            if isinstance(f, ApplyTimestampRules):
+                f = ApplyTimestampRules(f.tokenizer, f.sample_begin, f.max_initial_timestamp_index)
+            elif isinstance(f, SuppressTokens):
+                f = SuppressTokens(f.suppress_tokens)
+            before = logits.clone()
+            f.apply(logits, history)
+            if isinstance(f, ApplyTimestampRules):
+                text_before = before.argmax(-1) < f.tokenizer.timestamp_begin
+                rule_picked_time += int((text_before & (logits.argmax(-1) >= f.tokenizer.timestamp_begin)).sum())
+        sum_logprobs = torch.zeros(len(history))
+        tokens, _ = GreedyDecoder(0.0, task.tokenizer.eot).update(history, logits, sum_logprobs)
+        assert token.tolist() == tokens[:, -1].tolist()
+        assert np.abs(logprob - sum_logprobs.numpy()).max() <= 1e-4
+    assert rule_picked_time > 0, "no step where whisper's timestamp rules turned a text choice into a timestamp"
+
+
 def test_float32_beam_search_token_identical_to_cpu(cpu_backend: Any, gpu_plan_backends: dict) -> None:
     """Beam search: the prompt run once and copied to the 5 rows, and every reorder, by the ``reorder`` graph."""
     backend = gpu_plan_backends["float32"]

@@ -28,6 +28,7 @@ from max_whisper.token_strategies import (
     BatchedBeamSearchDecoder,
     BatchedGreedyDecoder,
     BatchedTimestampRules,
+    GreedyMasks,
     IndexedSuppressTokens,
     StepLogProbs,
 )
@@ -221,6 +222,49 @@ def test_decoding_task_uses_the_strategies_a_backend_asks_for(
     assert len(suppress) == 1 and isinstance(suppress[0], IndexedSuppressTokens) == batched
     if batched:  # one log-softmax a step, shared
         assert rules[0].log_probs is task.decoder.log_probs
+
+
+def greedy_task(backend: Any, **options: Any) -> BackendDecodingTask:
+    return BackendDecodingTask(ModelAdapter(backend), DecodingOptions(fp16=False, **options))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_greedy_masks_are_what_whispers_filters_mask_after_the_first_token(cpu_backend: Any, seed: int) -> None:
+    """Every logit whisper's filters set to -inf at a greedy step after the first, from the history alone,
+    is in ``GreedyMasks.suppress`` or the step's ``ranges``, and nothing else is. Two tokens (a word and
+    the end of text) get logits far above the rest, so the rule that depends on the values never fires."""
+    task = greedy_task(cpu_backend, beam_size=None)
+    masks = GreedyMasks.of(task.decoder, task.logit_filters, N_VOCAB, task.sample_begin)
+    assert masks is not None and masks.timestamp_rule
+    rng = np.random.default_rng(seed)
+    length = int(rng.integers(10, 40))
+    rows = [list(task.initial_tokens) + history(rng, length) for _ in range(int(rng.integers(1, 6)))]
+    logits = torch.zeros((len(rows), N_VOCAB))
+    logits[:, [TOKENIZER.encode(" the")[0], TOKENIZER.eot]] = 200.0
+    for logit_filter in task.logit_filters:  # whisper's own classes (the cpu backend does not batch)
+        logit_filter.apply(logits, torch.tensor(rows))
+    ours = np.broadcast_to(np.isinf(masks.suppress), logits.shape).copy()
+    for k, row_ranges in enumerate(masks.ranges(rows)):
+        for lo, hi in row_ranges:
+            ours[k, lo:hi] = True
+    assert np.array_equal(torch.isinf(logits).numpy(), ours)
+    assert (masks.ranges(rows)[:, :, 1] > masks.ranges(rows)[:, :, 0]).any()  # the case masked a range
+
+
+def test_greedy_masks_only_where_the_device_can_choose_as_whisper(cpu_backend: Any) -> None:
+    """Greedy at temperature 0 only (beam search and sampling keep whisper's loop); without timestamps the
+    device's timestamp rule is off and no range is masked; a filter it does not know keeps whisper's loop."""
+    task = greedy_task(cpu_backend, beam_size=None)
+    assert GreedyMasks.of(greedy_task(cpu_backend, beam_size=5).decoder, task.logit_filters, N_VOCAB, 3) is None
+    sampling = greedy_task(cpu_backend, beam_size=None, temperature=0.5)
+    assert GreedyMasks.of(sampling.decoder, sampling.logit_filters, N_VOCAB, 3) is None
+    unknown = [*task.logit_filters, object()]
+    assert GreedyMasks.of(task.decoder, unknown, N_VOCAB, task.sample_begin) is None
+    plain = greedy_task(cpu_backend, beam_size=None, without_timestamps=True)
+    masks = GreedyMasks.of(plain.decoder, plain.logit_filters, N_VOCAB, plain.sample_begin)
+    assert masks is not None and not masks.timestamp_rule
+    assert not masks.ranges([[*plain.initial_tokens, 50400, 50400]]).any()
+    assert not np.isinf(masks.suppress[TOKENIZER.no_timestamps])
 
 
 @pytest.mark.parametrize("mel_threads", [None, 1])

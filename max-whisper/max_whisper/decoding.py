@@ -8,7 +8,10 @@ The only thing that changes between backends is the model computation:
 step + KV cache) instead of the PyTorch ones.  A backend whose model step is
 fast enough for whisper's per-row host work to matter (``max``) may also ask for
 :mod:`max_whisper.token_strategies`: whisper's token decoders and timestamp rules,
-batched and sharing one ``log_softmax`` a step, with the same tokens.
+batched and sharing one ``log_softmax`` a step, with the same tokens.  A backend
+that picks greedy tokens on its own device (``Backend.device_greedy``: ``max`` on
+a GPU) is handed whisper's masks of each step (``GreedyMasks``) and returns the
+token and its log-probability, so the logits never come back to the host.
 
 Three things are added around whisper's ``transcribe``, none changing a result:
 
@@ -58,6 +61,7 @@ from .token_strategies import (
     BatchedBeamSearchDecoder,
     BatchedGreedyDecoder,
     BatchedTimestampRules,
+    GreedyMasks,
     IndexedSuppressTokens,
     StepLogProbs,
 )
@@ -80,6 +84,10 @@ class TimedInference(Inference):
 
     def cleanup_caching(self) -> None:
         self.inner.cleanup_caching()
+
+    def choose(self, tokens: np.ndarray, masks: GreedyMasks, ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self.timer.stage("decode"):
+            return self.inner.choose(tokens, masks, ranges)
 
 
 class _NoTorchDecoder:
@@ -172,6 +180,54 @@ class BackendDecodingTask(DecodingTask):
             self.logit_filters = [_batched_filter(f, log_probs) for f in self.logit_filters]
         if isinstance(self.decoder, BeamSearchDecoder):  # whisper's or the batched one: it reorders our cache
             self.decoder.inference = self.inference
+        self.greedy_masks: GreedyMasks | None = None  # set where the backend picks greedy tokens itself
+        if backend.device_greedy:
+            n_vocab = backend.dims.n_vocab
+            self.greedy_masks = GreedyMasks.of(self.decoder, self.logit_filters, n_vocab, self.sample_begin)
+
+    def _main_loop(self, audio_features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """whisper's loop; where the backend picks greedy tokens on its device, :meth:`_device_greedy_loop`."""
+        if self.greedy_masks is None:
+            return super()._main_loop(audio_features, tokens)
+        return self._device_greedy_loop(audio_features, tokens, self.greedy_masks)
+
+    def _device_greedy_loop(
+        self, audio_features: torch.Tensor, tokens: torch.Tensor, masks: GreedyMasks
+    ) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """whisper's ``_main_loop`` for greedy decoding at temperature 0, with every token after the first
+        picked by the backend's ``Inference.choose``: the first comes from the prompt's logits through
+        whisper's filters and decoder, as in whisper; then per step the host works out the masks of the
+        history (:class:`GreedyMasks`) and gets back a token and its log-probability a row."""
+        eot = self.tokenizer.eot
+        sum_logprobs = torch.zeros(tokens.shape[0], device=audio_features.device)
+        no_speech_probs = [np.nan] * tokens.shape[0]
+        try:
+            logits = self.inference.logits(tokens, audio_features)
+            if self.tokenizer.no_speech is not None:  # save no_speech_probs
+                probs_at_sot = logits[:, self.sot_index].float().softmax(dim=-1)
+                no_speech_probs = probs_at_sot[:, self.tokenizer.no_speech].tolist()
+            logits = logits[:, -1]
+            for logit_filter in self.logit_filters:
+                logit_filter.apply(logits, tokens)
+            tokens, completed = self.decoder.update(tokens, logits, sum_logprobs)
+
+            rows = tokens.tolist()
+            for _ in range(1, self.sample_len):
+                if completed or len(rows[0]) > self.n_ctx:
+                    break
+                newest = np.array([row[-1:] for row in rows], dtype=np.int64)
+                next_tokens, logprobs = self.inference.choose(newest, masks, masks.ranges(rows))
+                # GreedyDecoder.update: a finished row adds nothing and repeats the end of text
+                finished = newest[:, 0] == eot
+                sum_logprobs += torch.from_numpy(logprobs) * torch.from_numpy(~finished)
+                next_tokens[finished] = eot
+                for row, token in zip(rows, next_tokens.tolist(), strict=True):
+                    row.append(token)
+                completed = bool((next_tokens == eot).all())
+            tokens = torch.tensor(rows, dtype=tokens.dtype, device=tokens.device)
+        finally:
+            self.inference.cleanup_caching()
+        return tokens, sum_logprobs, no_speech_probs
 
 
 def _batched_filter(logit_filter: Any, log_probs: StepLogProbs) -> Any:

@@ -32,7 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Categorical
-from whisper.decoding import ApplyTimestampRules, BeamSearchDecoder, GreedyDecoder, Inference, SuppressTokens
+from whisper.decoding import (
+    ApplyTimestampRules,
+    BeamSearchDecoder,
+    GreedyDecoder,
+    Inference,
+    SuppressBlank,
+    SuppressTokens,
+)
 
 
 class StepLogProbs:
@@ -240,3 +247,76 @@ class BatchedTimestampRules(ApplyTimestampRules):
         if rows:
             logits[rows, :timestamp_begin] = -np.inf
             self.log_probs.rows_changed(logits, rows)
+
+
+class GreedyMasks:
+    """What whisper's logit filters mask in a greedy step after the first, decided from the token
+    history alone, for a device that applies them and picks the token itself
+    (``backends/whisper_max/choice.py``).
+
+    :attr:`suppress` is a (n_vocab,) float32 row of 0 or -inf, the same every step (``SuppressTokens``,
+    and ``<|notimestamps|>`` under the timestamp rules); :meth:`ranges` gives each row's
+    [lo, hi) token ranges of this step (the timestamp rules' pairs and order; [0, 0) masks nothing).
+    The rule that depends on the logits' values, "a timestamp if the timestamps' total probability
+    beats every text token", is the device's, on when :attr:`timestamp_rule`.  ``SuppressBlank`` and
+    the timestamp rules' first-step masks act at the first sampled token only, which the host
+    decides with whisper's own filters."""
+
+    #: ranges per row: the timestamp pairing rule's, then the order rule's
+    n_ranges = 2
+
+    def __init__(
+        self, n_vocab: int, suppress_tokens: list[int], timestamps: ApplyTimestampRules | None, sample_begin: int
+    ) -> None:
+        self.sample_begin = sample_begin
+        self.timestamp_rule = timestamps is not None
+        self.suppress = np.zeros(n_vocab, dtype=np.float32)
+        self.suppress[list(suppress_tokens)] = -np.inf
+        self.timestamp_begin = self.eot = 0
+        if timestamps is not None:
+            tokenizer = timestamps.tokenizer
+            self.timestamp_begin, self.eot = tokenizer.timestamp_begin, tokenizer.eot
+            if tokenizer.no_timestamps is not None:
+                self.suppress[tokenizer.no_timestamps] = -np.inf
+
+    @classmethod
+    def of(cls, decoder: Any, logit_filters: list[Any], n_vocab: int, sample_begin: int) -> GreedyMasks | None:
+        """The masks of a ``DecodingTask``'s greedy decoder at temperature 0 and logit filters, or None
+        where the task decodes otherwise or has a filter this class does not reproduce."""
+        if type(decoder) not in (GreedyDecoder, BatchedGreedyDecoder) or decoder.temperature != 0:
+            return None
+        suppress: list[int] = []
+        timestamps = None
+        for f in logit_filters:
+            if type(f) is SuppressBlank:
+                continue  # the first sampled token only
+            if type(f) in (SuppressTokens, IndexedSuppressTokens):
+                suppress += list(f.suppress_tokens)
+            elif type(f) in (ApplyTimestampRules, BatchedTimestampRules) and timestamps is None:
+                timestamps = f
+            else:
+                return None
+        return cls(n_vocab, suppress, timestamps, sample_begin)
+
+    def ranges(self, tokens: list[list[int]]) -> np.ndarray:
+        """(batch, n_ranges, 2) int64: the token ranges [lo, hi) each row masks at this step, from the
+        rows' tokens so far (more than ``sample_begin`` of them): ``ApplyTimestampRules.apply``'s masks
+        after the first sampled token."""
+        out = np.zeros((len(tokens), self.n_ranges, 2), dtype=np.int64)
+        if not self.timestamp_rule:
+            return out
+        timestamp_begin, n_vocab = self.timestamp_begin, len(self.suppress)
+        for k, row in enumerate(tokens):
+            seq = row[self.sample_begin :]
+            last_was_timestamp = len(seq) >= 1 and seq[-1] >= timestamp_begin
+            penultimate_was_timestamp = len(seq) < 2 or seq[-2] >= timestamp_begin
+            if last_was_timestamp:
+                # a timestamp pair is followed by text; a lone timestamp by its pair or the end of text
+                out[k, 0] = (timestamp_begin, n_vocab) if penultimate_was_timestamp else (0, self.eot)
+            last_timestamp = next((t for t in reversed(seq) if t >= timestamp_begin), None)
+            if last_timestamp is not None:
+                # timestamps do not decrease, and a segment is not empty
+                if not (last_was_timestamp and not penultimate_was_timestamp):
+                    last_timestamp += 1
+                out[k, 1] = (timestamp_begin, last_timestamp)
+        return out

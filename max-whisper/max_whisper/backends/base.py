@@ -67,6 +67,10 @@ class Backend(ABC):
     #: (the same tokens, one tensor operation per step instead of one per row); the cpu reference
     #: keeps whisper's own classes.
     batched_token_logic: bool = False
+    #: whether greedy decoding at temperature 0 picks each token after the first on the model's device:
+    #: the backend's ``Inference`` then has ``choose(tokens, masks, ranges)`` (see
+    #: ``token_strategies.GreedyMasks``), and the host reads back a token and its log-probability a row.
+    device_greedy: bool = False
 
     def __init__(self, model: str = DEFAULT_MODEL, *, threads: int | None = None) -> None:
         self.model_name = model

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 GRAPH_DIR_ENV = "MAX_WHISPER_GRAPH_DIR"
 #: The modules whose source decides what the graphs compute (their bytes are part of the key).
-GRAPH_SOURCES = ("layers.py", "graphs.py", "weights.py")
+GRAPH_SOURCES = ("layers.py", "choice.py", "graphs.py", "weights.py")
 
 
 def graph_store_root() -> Path | None:

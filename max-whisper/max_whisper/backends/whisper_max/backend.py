@@ -75,7 +75,8 @@ class MaxBackend(Backend):
     Options: ``device`` (auto | cpu | gpu), ``dtype`` of the decoder weights (float32: token-identical
     to the cpu backend; bfloat16: half the bytes), ``speculate`` (greedy bursts with the 4-bit draft
     decoder; the CPU plan only), ``capture`` (on a GPU, replay each window's decoder step as a
-    captured device graph: one launch per token instead of one per kernel), ``precompiled`` (a
+    captured device graph: one launch per token instead of one per kernel), ``device_greedy`` (the
+    GPU plan: greedy decoding picks each token on the device, :mod:`.choice`), ``precompiled`` (a
     folder from ``max-whisper compile --export``, or several separated by ``os.pathsep``: MAX reads
     their artifacts as one set),
     ``plan`` (the graph set of another device run on this one: ``plan="gpu"`` with ``device="cpu"``
@@ -97,6 +98,7 @@ class MaxBackend(Backend):
         dtype: str = "float32",
         speculate: bool = True,
         capture: bool = True,
+        device_greedy: bool = True,
         precompiled: str | None = None,
         plan: str | None = None,
     ) -> None:
@@ -118,6 +120,7 @@ class MaxBackend(Backend):
         # device graphs exist on a GPU only (MAX: "No graph-capture devices available" on the CPU)
         self.capture = bool(capture) and self.plan.step and self.device_name == "gpu"
         self.capture_keys = itertools.count(1)
+        self.device_greedy = bool(device_greedy) and self.plan.step
         # whisper's token logic: one torch thread, off MAX's CPU kernels; beside a GPU too, where its
         # small per-step tensors run faster on one thread than on a pool (docs/performance.md, entry 37).
         # The log-mel: one thread on the CPU device (torch's pool, once woken, slows MAX's graphs by
@@ -230,6 +233,7 @@ class MaxBackend(Backend):
             precompiled=self.precompiled,
             speculate=self.speculate,
             capture=self.capture,
+            device_greedy=self.device_greedy,
             lookahead=self.speculation.lookahead,
             min_draft_margin=self.speculation.min_margin,
             decoder_counters=self.decoder_stats().as_dict(),  # since the backend was made, warm-up included

@@ -12,7 +12,9 @@
     values of the new tokens are written in place into the self-attention
     cache, mutable buffers that stay on the device for the whole window.
 ``decoder_step`` (GPU only)
-    one token per row at a position held on the device -> logits; every shape
+    one token per row at a position held on the device -> logits, and whisper's greedy
+    choice from them (:mod:`.choice`: greedy decoding reads back a token and its
+    log-probability a row, not the logits); every shape
     but the batch is fixed (it attends over the whole cache, the positions past
     the token masked), so it is captured once per window as a device graph and
     replayed for each token.  Its products are multiply-and-sum reductions,
@@ -52,6 +54,7 @@ from whisper.model import ModelDimensions
 from ...errors import MaxWhisperError
 from ...timing import StageTimer
 from .artifacts import ArtifactStore
+from .choice import greedy_choice
 from .layers import MATMUL, N_TOTAL, AudioEncoder, KVCache, Product, Span, SplitProduct, TextDecoder, WeightSource
 from .weights import DRAFT_EMBEDDING, draft_arrays, state_dict_arrays
 
@@ -273,18 +276,30 @@ class MaxWhisperGraphs:
         return graph
 
     def build_decoder_step(self) -> Graph:
-        """(tokens, position, cache..., cross K/V...) -> logits (batch, 1, n_vocab).
+        """(tokens, position, suppress, ranges, timestamp_rule, cache..., cross K/V...) -> (logits
+        (batch, 1, n_vocab), token (batch,), log-probability (batch,)).
 
         One token per row at ``position``, a (1,) int64 tensor on the device; the cross K/V in the
         step's layouts (``cross_kv_types(layout="step")``).  The new keys and values are written into
-        the cache buffers at ``position``."""
-        inputs = [TensorType(DType.int64, ["batch", 1], self.device), TensorType(DType.int64, [1], self.device)]
-        inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device, layout="step")
+        the cache buffers at ``position``.  ``token`` and its log-probability are whisper's greedy
+        choice from the logits under the masks ``suppress``, ``ranges`` and ``timestamp_rule``
+        (:func:`.choice.greedy_choice`); a caller that reads only the logits passes no masks."""
+        d, device = self.dims, self.device
+        inputs = [
+            TensorType(DType.int64, ["batch", 1], device),  # tokens
+            TensorType(DType.int64, [1], device),  # position
+            TensorType(DType.float32, [d.n_vocab], device),  # suppress: 0 or -inf
+            TensorType(DType.int64, ["batch", "n_ranges", 2], device),  # ranges [lo, hi) masked per row
+            TensorType(DType.int64, [1], device),  # timestamp_rule: 1 on, 0 off
+        ]
+        inputs += cache_types(d, device) + cross_kv_types(d, device, layout="step")
         with Graph(self._name("whisper_decoder_step"), input_types=inputs) as graph:
-            tokens, position = graph.inputs[0].tensor, graph.inputs[1].tensor
-            caches = KVCache.per_block([v.buffer for v in graph.inputs[2 : 2 + self.n_kv]])
-            cross_kv = [v.tensor for v in graph.inputs[2 + self.n_kv :]]
-            graph.output(self.step_decoder.step(tokens, position, caches, cross_kv))
+            tokens, position, suppress, ranges, timestamp_rule = (v.tensor for v in graph.inputs[:5])
+            caches = KVCache.per_block([v.buffer for v in graph.inputs[5 : 5 + self.n_kv]])
+            cross_kv = [v.tensor for v in graph.inputs[5 + self.n_kv :]]
+            logits = self.step_decoder.step(tokens, position, caches, cross_kv)
+            choice = greedy_choice(logits, suppress, ranges, timestamp_rule, self.timestamp_begin, device)
+            graph.output(logits, *choice)
         return graph
 
     def add_draft_weights(self) -> None:

@@ -12,7 +12,8 @@ from max.driver import Buffer, Usage
 from max.dtype import DType
 from whisper.decoding import Inference
 
-from ...errors import InputShapeError
+from ...errors import InputShapeError, MaxWhisperError
+from ...token_strategies import GreedyMasks
 from .graphs import cache_shapes
 from .speculation import BurstDecoder, DecoderStats
 
@@ -34,63 +35,106 @@ def span(start: int, n_new: int) -> tuple[Buffer, Buffer]:
 
 class DecoderStep:
     """The GPU plan's single-token pass for one call of ``DecodingTask.run``: the ``decoder_step``
-    graph on input buffers that stay put (tokens, position, the self-attention cache, the cross K/V).
+    graph on input buffers that stay put (tokens, position, the greedy choice's masks, the
+    self-attention cache, the cross K/V).
 
-    Each call copies the new tokens and the position into their buffers and runs the graph.  Where
-    the backend captures (a GPU), the first call captures the graph as a device graph and every call
-    replays it: one launch per token instead of one per kernel (about 100 for tiny, each ~7 µs of
-    host time when launched one by one; docs/performance.md, entry 36).  A replay reads the buffers it
-    was captured with, which is why the inputs are refreshed in place and the cache is reordered in
-    place.  If MAX refuses to capture, the backend stops trying and the step runs eagerly.
+    Each call copies the new tokens and the position (and, for a greedy choice, the step's masked
+    ranges) into their buffers and runs the graph.  Where the backend captures (a GPU), the first
+    call captures the graph as a device graph and every call replays it: one launch per token
+    instead of one per kernel (about 100 for tiny, each ~7 µs of host time when launched one by
+    one; docs/performance.md, entry 36).  A replay reads the buffers it was captured with, which is
+    why the inputs are refreshed in place and the cache is reordered in place.  If MAX refuses to
+    capture, the backend stops trying and the step runs eagerly.
 
-    On a GPU the logits come back through a pinned host buffer made once, not a new host buffer per
-    token (0.04 against 0.12 ms a token on an H100; docs/performance.md, entry 37)."""
+    :meth:`__call__` returns the logits (beam search, sampling); :meth:`choose` only whisper's greedy
+    token and its log-probability a row, picked on the device (:mod:`.choice`).  On a GPU what is read
+    comes back through pinned host buffers made once (0.04 against 0.12 ms a token for the logits on
+    an H100; docs/performance.md, entry 37)."""
 
     def __init__(self, backend: MaxBackend, cache: list[Buffer], cross_kv: list[Buffer], n_batch: int) -> None:
         self.backend = backend
         self.model = backend.models["decoder_step"]
-        # the host array the new tokens and the position are written to (rows: tokens..., position)
+        n_vocab = backend.dims.n_vocab
+        # the host arrays the inputs are written to (tokens and position in one: rows tokens..., position)
         self.host = np.zeros((n_batch + 1, 1), dtype=np.int64)
-        tokens, position = Buffer.from_numpy(self.host[:n_batch]), Buffer.from_numpy(self.host[n_batch])
+        self.host_ranges = np.zeros((n_batch, GreedyMasks.n_ranges, 2), dtype=np.int64)
+        self.host_suppress = np.zeros(n_vocab, dtype=np.float32)
+        self.host_rule = np.zeros(1, dtype=np.int64)
+        # the graph's inputs before the cache, in order: tokens, position, suppress, ranges, timestamp_rule
+        arrays = [self.host[:n_batch], self.host[n_batch], self.host_suppress, self.host_ranges, self.host_rule]
+        host = [Buffer.from_numpy(array) for array in arrays]
+        self.masks: GreedyMasks | None = None  # the masks the buffers hold
         if backend.device_name == "cpu":
-            # MAX's CPU buffers share their arrays' memory: the graph reads the host array itself (a
-            # copy into another buffer is not ordered before the next execute on MAX's CPU device)
-            self.tokens, self.position, self.copies = tokens, position, []
-            self.host_logits: Buffer | None = None
+            # MAX's CPU buffers share their arrays' memory: the graph reads the host arrays themselves
+            # (a copy into another buffer is not ordered before the next execute on MAX's CPU device)
+            step_inputs = host
+            self.step_copies = self.range_copies = self.mask_copies = []
+            self.host_outputs: list[Buffer] | None = None
         else:  # copied in on the device's stream, ahead of the launch that reads them
-            self.tokens = backend.to_device(np.zeros((n_batch, 1), dtype=np.int64))
-            self.position = backend.to_device(np.zeros(1, dtype=np.int64))
-            self.copies = [(self.tokens, tokens), (self.position, position)]
-            shape = [n_batch, 1, backend.dims.n_vocab]
-            self.host_logits = Buffer(DType.float32, shape, device=backend.driver_device, usage=Usage.STAGING)
-        self.inputs = [self.tokens, self.position, *cache, *cross_kv]
+            step_inputs = [backend.to_device(np.zeros_like(array)) for array in arrays]
+            pairs = list(zip(step_inputs, host, strict=True))
+            self.step_copies, self.range_copies, self.mask_copies = pairs[:2], pairs[3:4], [pairs[2], pairs[4]]
+            device, staging = backend.driver_device, Usage.STAGING
+            self.host_outputs = [  # logits, token, log-probability
+                Buffer(DType.float32, [n_batch, 1, n_vocab], device=device, usage=staging),
+                Buffer(DType.int64, [n_batch], device=device, usage=staging),
+                Buffer(DType.float32, [n_batch], device=device, usage=staging),
+            ]
+        self.inputs = [*step_inputs, *cache, *cross_kv]
         self.key: int | None = None  # the captured device graph's key
-        self.logits: Buffer | None = None  # its output buffer, rewritten by each replay
+        self.outputs: list[Buffer] | None = None  # its output buffers, rewritten by each replay
 
     def __call__(self, tokens: np.ndarray, position: int) -> torch.Tensor:
         """The logits (batch, 1, n_vocab) of the next token after ``tokens`` (batch, 1) at ``position``."""
-        # the previous step's logits were read back, so its copies are done with the host array
+        logits = self._run(tokens, position, self.step_copies)[0]
+        if self.host_outputs is None:  # the CPU: the graph's output is in host memory already
+            return self.backend.to_torch(logits)
+        return torch.from_numpy(self._read([(logits, self.host_outputs[0])])[0])
+
+    def choose(
+        self, tokens: np.ndarray, position: int, masks: GreedyMasks, ranges: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """whisper's greedy choice after ``tokens`` (batch, 1) at ``position`` under ``masks`` and this
+        step's ``ranges`` (:meth:`GreedyMasks.ranges`): (tokens (batch,) int64, log-probabilities (batch,)
+        float32)."""
+        if masks is not self.masks:  # once per window: the masks of every step
+            self.host_suppress[:] = masks.suppress
+            self.host_rule[0] = int(masks.timestamp_rule)
+            for buffer, source in self.mask_copies:
+                buffer.inplace_copy_from(source)
+            self.masks = masks
+        self.host_ranges[:] = ranges
+        _, token, logprob = self._run(tokens, position, self.step_copies + self.range_copies)
+        if self.host_outputs is None:
+            return self.backend.to_numpy(token).copy(), self.backend.to_numpy(logprob).copy()
+        token, logprob = self._read([(token, self.host_outputs[1]), (logprob, self.host_outputs[2])])
+        return token, logprob
+
+    def _run(self, tokens: np.ndarray, position: int, copies: list[tuple[Buffer, Buffer]]) -> list[Buffer]:
+        """Write ``tokens`` and ``position`` to the host arrays, queue ``copies`` and run the step: its outputs."""
+        # the previous step's outputs were read back, so its copies are done with the host arrays
         self.host[:-1] = tokens
         self.host[-1] = position
-        for buffer, source in self.copies:
+        for buffer, source in copies:
             buffer.inplace_copy_from(source)
         if self.key is None and self.backend.capture:
             self._capture()
         if self.key is None:
-            logits = self.model.execute(*self.inputs)[0]
-        else:
-            self.model.replay(self.key, *self.inputs)
-            logits = self.logits
-        if self.host_logits is None:  # the CPU: the graph's output is in host memory already
-            return self.backend.to_torch(logits)
-        self.host_logits.inplace_copy_from(logits)
+            return self.model.execute(*self.inputs)
+        self.model.replay(self.key, *self.inputs)
+        return self.outputs
+
+    def _read(self, pairs: list[tuple[Buffer, Buffer]]) -> list[np.ndarray]:
+        """Device outputs copied into their pinned host buffers, then fresh arrays of them."""
+        for output, host in pairs:
+            host.inplace_copy_from(output)
         self.backend.driver_device.synchronize()
-        return torch.from_numpy(np.array(np.from_dlpack(self.host_logits), copy=True))
+        return [np.array(np.from_dlpack(host), copy=True) for _, host in pairs]
 
     def _capture(self) -> None:
         key = next(self.backend.capture_keys)
         try:
-            self.logits = self.model.capture(key, *self.inputs)[0]
+            self.outputs = self.model.capture(key, *self.inputs)
         except Exception as exc:  # MAX's capture is best-effort: fall back to launching kernels
             logger.warning("the max backend could not capture its decoder step (%s); it runs it eagerly", exc)
             self.backend.capture = False
@@ -101,7 +145,7 @@ class DecoderStep:
         """Free the captured device graph (its buffers go back to MAX's allocator)."""
         if self.key is not None:
             self.model.release_captured_graph(self.key)
-            self.key = self.logits = None
+            self.key = self.outputs = None
 
 
 class MaxInference(Inference):
@@ -245,6 +289,19 @@ class MaxInference(Inference):
         self.stats.steps += 1
         self.n_past += 1
         return logits
+
+    def choose(self, tokens: np.ndarray, masks: GreedyMasks, ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """whisper's greedy choice after the newest ``tokens`` (batch, 1) of every row, under ``masks`` and
+        this step's ``ranges``, picked on the device by the ``decoder_step`` graph (the GPU plan, after the
+        prompt's :meth:`logits`): (tokens (batch,), log-probabilities (batch,))."""
+        if self.cache is None or not self.backend.plan.step:
+            raise MaxWhisperError("a greedy choice on the device follows the prompt's pass, in the GPU plan")
+        if self.step is None:
+            self.step = DecoderStep(self.backend, self.cache, self.row_cross_kv, tokens.shape[0])
+        chosen = self.step.choose(tokens, self.n_past, masks, ranges)
+        self.stats.steps += 1
+        self.n_past += 1
+        return chosen
 
     def _verify(self, tokens: list[int], start: int) -> torch.Tensor:
         """The burst's exact pass (batch 1): one logits row per token, (len(tokens), n_vocab)."""
