@@ -192,6 +192,27 @@ class BatchedBeamSearchDecoder(BeamSearchDecoder):
         return tokens, completed
 
 
+def timestamp_history_ranges(
+    seq: list[int], timestamp_begin: int, eot: int, n_vocab: int
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The token ranges [lo, hi) that ``ApplyTimestampRules.apply`` masks in one row from its sampled
+    tokens ``seq`` alone: (the pairing rule's, the order rule's), (0, 0) where a rule masks nothing."""
+    last_was_timestamp = len(seq) >= 1 and seq[-1] >= timestamp_begin
+    penultimate_was_timestamp = len(seq) < 2 or seq[-2] >= timestamp_begin
+    pairing = (0, 0)
+    if last_was_timestamp:
+        # a timestamp pair is followed by text; a lone timestamp by its pair or the end of text
+        pairing = (timestamp_begin, n_vocab) if penultimate_was_timestamp else (0, eot)
+    order = (0, 0)
+    last_timestamp = next((t for t in reversed(seq) if t >= timestamp_begin), None)
+    if last_timestamp is not None:
+        # timestamps do not decrease, and a segment is not empty (no infinite loop of one timestamp)
+        if not (last_was_timestamp and not penultimate_was_timestamp):
+            last_timestamp += 1
+        order = (timestamp_begin, last_timestamp)
+    return pairing, order
+
+
 class BatchedTimestampRules(ApplyTimestampRules):
     """whisper's timestamp rules, reading the sampled tokens once and deciding every row's
     "timestamp or text" rule with one ``logsumexp`` and one ``max``; their ``log_softmax`` is
@@ -213,23 +234,11 @@ class BatchedTimestampRules(ApplyTimestampRules):
         if self.tokenizer.no_timestamps is not None:
             logits[:, self.tokenizer.no_timestamps] = -np.inf
 
-        # timestamps have to appear in pairs, except directly before EOT; mask logits accordingly
+        # timestamps have to appear in pairs, except directly before EOT, and do not decrease
         for k, seq in enumerate(tokens[:, self.sample_begin :].tolist()):
-            last_was_timestamp = len(seq) >= 1 and seq[-1] >= timestamp_begin
-            penultimate_was_timestamp = len(seq) < 2 or seq[-2] >= timestamp_begin
-            if last_was_timestamp:
-                if penultimate_was_timestamp:  # has to be non-timestamp
-                    logits[k, timestamp_begin:] = -np.inf
-                else:  # cannot be normal text tokens
-                    logits[k, :eot] = -np.inf
-
-            last_timestamp = next((t for t in reversed(seq) if t >= timestamp_begin), None)
-            if last_timestamp is not None:
-                # timestamps shouldn't decrease; forbid timestamp tokens smaller than the last
-                # also force each segment to have a nonzero length, to prevent infinite looping
-                if not (last_was_timestamp and not penultimate_was_timestamp):
-                    last_timestamp += 1
-                logits[k, timestamp_begin:last_timestamp] = -np.inf
+            for lo, hi in timestamp_history_ranges(seq, timestamp_begin, eot, logits.shape[-1]):
+                if hi > lo:
+                    logits[k, lo:hi] = -np.inf
 
         if tokens.shape[1] == self.sample_begin:
             # suppress generating non-timestamp tokens at the beginning
@@ -262,7 +271,7 @@ class GreedyMasks:
     the timestamp rules' first-step masks act at the first sampled token only, which the host
     decides with whisper's own filters."""
 
-    #: ranges per row: the timestamp pairing rule's, then the order rule's
+    #: ranges per row: the timestamp pairing rule's, then the order rule's (:func:`timestamp_history_ranges`)
     n_ranges = 2
 
     def __init__(
@@ -303,20 +312,9 @@ class GreedyMasks:
         rows' tokens so far (more than ``sample_begin`` of them): ``ApplyTimestampRules.apply``'s masks
         after the first sampled token."""
         out = np.zeros((len(tokens), self.n_ranges, 2), dtype=np.int64)
-        if not self.timestamp_rule:
-            return out
-        timestamp_begin, n_vocab = self.timestamp_begin, len(self.suppress)
-        for k, row in enumerate(tokens):
-            seq = row[self.sample_begin :]
-            last_was_timestamp = len(seq) >= 1 and seq[-1] >= timestamp_begin
-            penultimate_was_timestamp = len(seq) < 2 or seq[-2] >= timestamp_begin
-            if last_was_timestamp:
-                # a timestamp pair is followed by text; a lone timestamp by its pair or the end of text
-                out[k, 0] = (timestamp_begin, n_vocab) if penultimate_was_timestamp else (0, self.eot)
-            last_timestamp = next((t for t in reversed(seq) if t >= timestamp_begin), None)
-            if last_timestamp is not None:
-                # timestamps do not decrease, and a segment is not empty
-                if not (last_was_timestamp and not penultimate_was_timestamp):
-                    last_timestamp += 1
-                out[k, 1] = (timestamp_begin, last_timestamp)
+        if self.timestamp_rule:
+            n_vocab = len(self.suppress)
+            for k, row in enumerate(tokens):
+                seq = row[self.sample_begin :]
+                out[k] = timestamp_history_ranges(seq, self.timestamp_begin, self.eot, n_vocab)
         return out

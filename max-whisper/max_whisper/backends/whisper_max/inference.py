@@ -68,12 +68,16 @@ class DecoderStep:
             # MAX's CPU buffers share their arrays' memory: the graph reads the host arrays themselves
             # (a copy into another buffer is not ordered before the next execute on MAX's CPU device)
             step_inputs = host
-            self.step_copies = self.range_copies = self.mask_copies = []
+            self.step_copies = self.choose_copies = self.mask_copies = []
             self.host_outputs: list[Buffer] | None = None
         else:  # copied in on the device's stream, ahead of the launch that reads them
             step_inputs = [backend.to_device(np.zeros_like(array)) for array in arrays]
             pairs = list(zip(step_inputs, host, strict=True))
-            self.step_copies, self.range_copies, self.mask_copies = pairs[:2], pairs[3:4], [pairs[2], pairs[4]]
+            # every step: tokens and position, and for a greedy choice its ranges; once a window: the masks
+            tokens_in, position_in, suppress_in, ranges_in, rule_in = pairs
+            self.step_copies = [tokens_in, position_in]
+            self.choose_copies = [tokens_in, position_in, ranges_in]
+            self.mask_copies = [suppress_in, rule_in]
             device, staging = backend.driver_device, Usage.STAGING
             self.host_outputs = [  # logits, token, log-probability
                 Buffer(DType.float32, [n_batch, 1, n_vocab], device=device, usage=staging),
@@ -104,7 +108,7 @@ class DecoderStep:
                 buffer.inplace_copy_from(source)
             self.masks = masks
         self.host_ranges[:] = ranges
-        _, token, logprob = self._run(tokens, position, self.step_copies + self.range_copies)
+        _, token, logprob = self._run(tokens, position, self.choose_copies)
         if self.host_outputs is None:
             return self.backend.to_numpy(token).copy(), self.backend.to_numpy(logprob).copy()
         token, logprob = self._read([(token, self.host_outputs[1]), (logprob, self.host_outputs[2])])
