@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 GRAPH_DIR_ENV = "MAX_WHISPER_GRAPH_DIR"
 #: The modules whose source decides what the graphs compute (their bytes are part of the key).
-GRAPH_SOURCES = ("layers.py", "choice.py", "graphs.py", "weights.py")
+GRAPH_SOURCES = ("layers.py", "choice.py", "graphs.py", "weights.py", "kernels/half_panels.mojo")
 
 
 def graph_store_root() -> Path | None:
@@ -105,7 +105,7 @@ class ArtifactStore:
             "sources": source_digest(),
             "dims": asdict(dims),
             "timestamp_begin": timestamp_begin,
-            "plan": [plan.device, plan.dtype],
+            "plan": [plan.device, plan.dtype, plan.embedding],
             "device": device_label(device),
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]

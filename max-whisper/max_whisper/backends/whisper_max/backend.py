@@ -31,7 +31,7 @@ try:  # the MAX engine is an optional dependency: the other backends work withou
     from max.engine import InferenceSession
 
     from .artifacts import ArtifactStore
-    from .graphs import DTYPES, GraphPlan, LoadedGraphs, MaxWhisperGraphs, plan_arrays
+    from .graphs import DTYPES, GraphPlan, LoadedGraphs, MaxWhisperGraphs, plan_arrays, plan_for_checkpoint
     from .inference import MaxInference
     from .layers import WeightSource
     from .speculation import DecoderStats, SpeculationPolicy
@@ -138,6 +138,7 @@ class MaxBackend(Backend):
             checkpoint = load_checkpoint(model)
             self.dims = ModelDimensions(**checkpoint["dims"])
             self.tokenizer = get_tokenizer(self.is_multilingual, num_languages=self.num_languages)
+            self.plan = plan_for_checkpoint(self.plan, checkpoint["model_state_dict"])
             arrays = plan_arrays(checkpoint["model_state_dict"], self.plan)
             self.driver_device = Accelerator() if self.device_name == "gpu" else CPU()
             # MAX 26.7 creates its CPU device at import time with the default thread
@@ -227,6 +228,7 @@ class MaxBackend(Backend):
             device=self.device_name,
             plan=self.plan.device,
             dtype=self.dtype,
+            embedding=self.plan.embedding,
             graphs=list(self.plan.graph_names),
             graphs_loaded=self.models.loaded,
             graph_store=None if self.models.store is None else str(self.models.store.folder),

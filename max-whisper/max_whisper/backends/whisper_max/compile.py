@@ -98,7 +98,7 @@ def compile_graphs(
 
     from ...models import load_checkpoint
     from .artifacts import ArtifactStore
-    from .graphs import GraphPlan, MaxWhisperGraphs, plan_arrays
+    from .graphs import GraphPlan, MaxWhisperGraphs, plan_arrays, plan_for_checkpoint
     from .layers import WeightSource
 
     plan = GraphPlan(options.device, options.dtype)
@@ -116,6 +116,7 @@ def compile_graphs(
     with warnings.catch_warnings():  # whisper's tokenizer leaves its vocabulary file to the collector
         warnings.simplefilter("ignore", ResourceWarning)
         tokenizer = get_tokenizer(multilingual, num_languages=dims.n_vocab - 51765 - int(multilingual))
+    plan = plan_for_checkpoint(plan, checkpoint["model_state_dict"])
     arrays = plan_arrays(checkpoint["model_state_dict"], plan)
     graphs = MaxWhisperGraphs(dims, WeightSource(arrays, plan.device_ref), tokenizer.timestamp_begin, plan)
     device = Accelerator() if options.device == "gpu" else CPU()

@@ -25,11 +25,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from max.dtype import DType
-from max.graph import BufferValue, DeviceRef, Graph, TensorValue, Weight, ops
+from max.graph import BufferValue, DeviceRef, Graph, TensorType, TensorValue, Weight, ops
 from max.graph.quantization import QuantizationEncoding
 from whisper.model import ModelDimensions
 
-from .weights import DRAFT_EMBEDDING, TOKEN_EMBEDDING, TOKEN_EMBEDDING_T, draft_name
+from .weights import DRAFT_EMBEDDING, EMBEDDING_PANELS, TOKEN_EMBEDDING, TOKEN_EMBEDDING_T, draft_name
 
 #: openai-whisper's LayerNorm epsilon (torch's default).
 LN_EPS = 1e-5
@@ -161,6 +161,17 @@ def rowwise_product(x: TensorValue, w: TensorValue) -> TensorValue:
     row, which is what a matrix-vector product reads anyway."""
     y = ops.sum(ops.unsqueeze(x, -2) * as_float32(w), axis=-1)  # (..., out, 1)
     return ops.squeeze(y, -1)
+
+
+def matmul_float16_panels(x: TensorValue, panels: TensorValue, n_out: int) -> TensorValue:
+    """``x @ w`` for float32 ``x`` (..., K) and ``w`` (K, n_out) held as float16 panels
+    (``weights.float16_panels``), in float32: the custom op of ``kernels/half_panels.mojo`` (the graph
+    must load that package), which widens each weight in registers and so reads half the bytes."""
+    *lead, k = x.shape
+    rows = ops.reshape(x, [-1, k])
+    out_type = TensorType(DType.float32, [rows.shape[0], n_out], x.device)
+    y = ops.custom("matmul_float16_panels", device=x.device, values=[rows, panels], out_types=[out_type])[0].tensor
+    return ops.reshape(y, [*lead, n_out])
 
 
 def as_float32(x: TensorValue) -> TensorValue:
@@ -522,7 +533,8 @@ class TextDecoder:
     matrices (the embeddings, layer norms, biases and cross-attention K/V stay float32).
     ``rowwise=True`` builds the GPU's *decoder step* (:meth:`step`): one token per row at a
     position held on the device, every product a multiply-and-sum (:func:`rowwise_product`).
-    Otherwise ``product`` multiplies its matrices (:class:`Product`).
+    Otherwise ``product`` multiplies its matrices (:class:`Product`).  ``embedding_panels``: the
+    logits read the token embedding's float16 panels (:func:`matmul_float16_panels`).
     """
 
     def __init__(
@@ -532,9 +544,12 @@ class TextDecoder:
         quantized: bool = False,
         rowwise: bool = False,
         product: Product = MATMUL,
+        embedding_panels: bool = False,
     ) -> None:
         self.weights = weights
         self.product = product
+        self.n_vocab = dims.n_vocab
+        self.embedding_panels = embedding_panels
         self.blocks = [
             ResidualAttentionBlock(
                 weights,
@@ -616,6 +631,8 @@ class TextDecoder:
 
     def logits(self, hidden: TensorValue) -> TensorValue:
         """(batch, n_rows, state) -> (batch, n_rows, n_vocab): against the token embedding."""
+        if self.embedding_panels:
+            return matmul_float16_panels(hidden, self.weights.get(EMBEDDING_PANELS), self.n_vocab)
         return matmul(hidden, self.weights.get(TOKEN_EMBEDDING_T), self.product)
 
     def draft(self, hidden: TensorValue, timestamp_begin: int, n_vocab: int) -> tuple[TensorValue, TensorValue]:

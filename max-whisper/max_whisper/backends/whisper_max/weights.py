@@ -25,6 +25,13 @@ TOKEN_EMBEDDING = "decoder.token_embedding.weight"
 #: of :data:`TOKEN_EMBEDDING`: MAX's CPU matmul reads a (K, N) right-hand side at twice the rate of a
 #: transposed (N, K) one (docs/performance.md, entry 30), and the logits are most of a decoder step.
 TOKEN_EMBEDDING_T = "decoder.token_embedding.weight.T"
+#: Registry name of the token embedding as float16 panels (:func:`float16_panels`), which the CPU plan's
+#: logits read where every value of the embedding is a float16 number (openai-whisper's checkpoints
+#: are stored in float16): the float32 matrix exactly, in half the bytes (docs/performance.md, entry 41).
+EMBEDDING_PANELS = "decoder.token_embedding.float16_panels"
+#: Columns of the (state, n_vocab) embedding per panel: what the ``matmul_float16_panels`` kernel
+#: (kernels/half_panels.mojo) holds in two 8-wide float32 registers.
+PANEL_WIDTH = 16
 #: Registry name of the 4-bit draft copy of the token embedding.
 DRAFT_EMBEDDING = "decoder.token_embedding.q4_0"
 #: GGML Q4_0 block: 32 weights -> a float16 scale and 16 bytes of 4-bit values.
@@ -93,6 +100,25 @@ def state_dict_arrays(
     if draft:
         arrays.update(draft_arrays(arrays))
     return arrays
+
+
+def float16_copy(weight: np.ndarray) -> torch.Tensor | None:
+    """``weight`` as a float16 tensor if that is exact (every value a float16 number), else None."""
+    full = torch.from_numpy(weight)
+    half = full.half()
+    return half if torch.equal(half.to(full.dtype), full) else None
+
+
+def float16_panels(embedding: torch.Tensor) -> np.ndarray:
+    """The (n_vocab, state) float16 embedding as (ceil(n_vocab / 16), state, 16) panels of its
+    transpose: column n of the (state, n_vocab) matrix is ``panels[n // 16, :, n % 16]``, so the
+    kernel streams each panel's 16 columns as one block; the columns past n_vocab are zeros and never
+    stored."""
+    n_vocab, state = embedding.shape
+    n_panels = -(-n_vocab // PANEL_WIDTH)
+    padded = torch.zeros((n_panels * PANEL_WIDTH, state), dtype=torch.float16)
+    padded[:n_vocab] = embedding
+    return padded.view(n_panels, PANEL_WIDTH, state).permute(0, 2, 1).contiguous().numpy()
 
 
 def draft_arrays(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
