@@ -273,7 +273,7 @@ def test_graph_store_key_and_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert a == ArtifactStore.for_graphs(dims, 50363, GraphPlan("cpu"), CPU())
     assert a != ArtifactStore.for_graphs(other, 50363, GraphPlan("cpu"), CPU())
     assert a != ArtifactStore.for_graphs(dims, 50363, GraphPlan("gpu"), CPU())
-    assert a != ArtifactStore.for_graphs(dims, 50363, GraphPlan("cpu", embedding="float16"), CPU())
+    assert a != ArtifactStore.for_graphs(dims, 50363, GraphPlan("cpu", panels=True), CPU())
     assert a != ArtifactStore.for_graphs(dims, 50364, GraphPlan("cpu"), CPU())
     monkeypatch.setenv(GRAPH_DIR_ENV, "off")
     assert graph_store_root() is None and ArtifactStore.for_graphs(dims, 50363, GraphPlan("cpu"), CPU()) is None

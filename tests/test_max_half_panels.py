@@ -1,10 +1,11 @@
-"""The CPU plan's logits against float16 panels of the token embedding (``kernels/half_panels.mojo``).
+"""The CPU plan's decoder products against float16 panels of its matrices (``kernels/half_panels.mojo``).
 
 Every value of openai-whisper's checkpoints (and of the embedded tiny.en) is a float16 number, so a
-float16 copy of the embedding is the float32 matrix, in half the bytes. Checked here: the panel layout
-(column n at ``panels[n // 16, :, n % 16]``), that the plan takes the panels only where the copy is
-exact, and the custom op itself against float64 on seeded inputs, with row counts that fill the
-kernel's five-row register block, leave a remainder, and a width whose last panel is partial. The
+float16 copy of the token embedding and of the blocks' matrices is the float32 model, in half the
+bytes. Checked here: the panel layout (column n at ``panels[n // 16, :, n % 16]``), that the plan takes
+the panels only where every copy is exact, and the custom op itself against float64 on seeded
+inputs, with row counts that fill the kernel's five-row register block, leave a remainder, and a
+width whose last panel is partial. The
 end-to-end tests (``test_max_e2e.py``, ``test_max_compile.py``) run the session's tiny.en backend,
 which reads the panels: its tokens are compared with the cpu backend's in every decoding mode.
 """
@@ -51,25 +52,36 @@ def test_a_float16_copy_is_made_only_when_it_is_exact() -> None:
 
 
 def test_the_cpu_plan_reads_panels_only_where_they_are_exact(checkpoint: dict) -> None:
+    """Panels of the embedding and of every matrix the decoder multiplies by per token, none of the cross
+    K/V projections or the encoder's; only for the CPU plan's float32 decoder, and only when every one of
+    those matrices is float16-exact."""
     from max_whisper.backends.whisper_max.graphs import GraphPlan, plan_arrays, plan_for_checkpoint
-    from max_whisper.backends.whisper_max.weights import EMBEDDING_PANELS, TOKEN_EMBEDDING
+    from max_whisper.backends.whisper_max.weights import PANELS_SUFFIX, TOKEN_EMBEDDING, panels_name
 
     state = checkpoint["model_state_dict"]
     cpu = plan_for_checkpoint(GraphPlan("cpu"), state)
-    assert cpu.embedding == "float16"  # the embedded tiny.en: converted from float16
-    assert EMBEDDING_PANELS in plan_arrays(state, cpu)
-    assert EMBEDDING_PANELS not in plan_arrays(state, GraphPlan("cpu"))
-    assert plan_for_checkpoint(GraphPlan("gpu", runs_on="cpu"), state).embedding == "float32"
+    assert cpu.panels  # the embedded tiny.en: converted from float16
+    arrays = plan_arrays(state, cpu)
+    held = sorted(name.removesuffix(PANELS_SUFFIX) for name in arrays if name.endswith(PANELS_SUFFIX))
+    n_layer = checkpoint["dims"]["n_text_layer"]
+    per_block = ["attn.query", "attn.key", "attn.value", "attn.out", "cross_attn.query", "cross_attn.out"]
+    per_block += ["mlp.0", "mlp.2"]
+    expected = [f"decoder.blocks.{i}.{m}.weight" for i in range(n_layer) for m in per_block] + [TOKEN_EMBEDDING]
+    assert held == sorted(expected)
+    assert not any(name.endswith(PANELS_SUFFIX) for name in plan_arrays(state, GraphPlan("cpu")))
+    assert not plan_for_checkpoint(GraphPlan("gpu", runs_on="cpu"), state).panels
+    assert not plan_for_checkpoint(GraphPlan("cpu", "bfloat16"), state).panels
 
-    perturbed = dict(state)
-    embedding = state[TOKEN_EMBEDDING].clone()
-    embedding[100, 5] += 1e-5
-    perturbed[TOKEN_EMBEDDING] = embedding
-    assert plan_for_checkpoint(GraphPlan("cpu"), perturbed).embedding == "float32"
-    with pytest.raises(ValueError, match="not float16"):
-        plan_arrays(perturbed, GraphPlan("cpu", embedding="float16"))
+    for name in (TOKEN_EMBEDDING, "decoder.blocks.1.mlp.2.weight"):  # one value between two float16 numbers
+        perturbed = dict(state)
+        perturbed[name] = state[name].clone()
+        perturbed[name][3, 5] += 1e-5
+        assert not plan_for_checkpoint(GraphPlan("cpu"), perturbed).panels, name
+        with pytest.raises(ValueError, match="not float16-exact"):
+            plan_arrays(perturbed, GraphPlan("cpu", panels=True))
+    assert panels_name(TOKEN_EMBEDDING) in arrays
     with pytest.raises(ValueError, match="cpu plan"):
-        GraphPlan("gpu", embedding="float16")
+        GraphPlan("gpu", panels=True)
 
 
 @pytest.fixture(scope="module")

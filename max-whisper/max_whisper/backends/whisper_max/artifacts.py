@@ -105,7 +105,7 @@ class ArtifactStore:
             "sources": source_digest(),
             "dims": asdict(dims),
             "timestamp_begin": timestamp_begin,
-            "plan": [plan.device, plan.dtype, plan.embedding],
+            "plan": [plan.device, plan.dtype, plan.panels],
             "device": device_label(device),
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]

@@ -228,7 +228,7 @@ class MaxBackend(Backend):
             device=self.device_name,
             plan=self.plan.device,
             dtype=self.dtype,
-            embedding=self.plan.embedding,
+            float16_panels=self.plan.panels,
             graphs=list(self.plan.graph_names),
             graphs_loaded=self.models.loaded,
             graph_store=None if self.models.store is None else str(self.models.store.folder),

@@ -11,9 +11,10 @@
     new tokens + cross K/V -> logits of the rows whisper reads; the keys and
     values of the new tokens are written in place into the self-attention
     cache, mutable buffers that stay on the device for the whole window.  On
-    the CPU, where every value of the token embedding is a float16 number, the
-    logits read it as float16 panels through a Mojo kernel (``kernels/``): the
-    same matrix in half the bytes (:attr:`GraphPlan.embedding`).
+    the CPU, where every value of the decoder's matrices is a float16 number, the
+    logits and the blocks' products read them as float16 panels through a Mojo
+    kernel (``kernels/``): the same matrices in half the bytes
+    (:attr:`GraphPlan.panels`).
 ``decoder_step`` (GPU only)
     one token per row at a position held on the device -> logits, and whisper's greedy
     choice from them (:mod:`.choice`: greedy decoding reads back a token and its
@@ -60,23 +61,12 @@ from ...timing import StageTimer
 from .artifacts import ArtifactStore
 from .choice import greedy_choice
 from .layers import MATMUL, N_TOTAL, AudioEncoder, KVCache, Product, Span, SplitProduct, TextDecoder, WeightSource
-from .weights import (
-    DRAFT_EMBEDDING,
-    EMBEDDING_PANELS,
-    TOKEN_EMBEDDING,
-    draft_arrays,
-    float16_copy,
-    float16_panels,
-    state_dict_arrays,
-)
+from .weights import DRAFT_EMBEDDING, draft_arrays, float16_panel_arrays, is_float16_exact, state_dict_arrays
 
 DEVICES = ("cpu", "gpu")
 #: Decoder weight types (the first is the default): float32 is token-identical to the cpu backend.
 DTYPES = ("float32", "bfloat16")
-#: How the logits read the token embedding: float32, or float16 panels (the CPU plan, where every value
-#: of the embedding is a float16 number: the same matrix in half the bytes).
-EMBEDDINGS = ("float32", "float16")
-#: The Mojo package of the max backend's custom ops (the float16-panel logits).
+#: The Mojo package of the max backend's custom ops (the float16-panel products).
 KERNELS = Path(__file__).parent / "kernels"
 
 #: Slice bounds (the span of new positions) are int64 scalars on the host, whatever the device.
@@ -99,15 +89,16 @@ class GraphPlan:
     on MAX's CPU device: the check of the GPU plan's graphs and decoding where there is no GPU.
     The CPU plan runs only on the CPU (MAX's Q4_0 kernels are CPU-only).
 
-    ``embedding="float16"`` (the CPU plan only; :func:`plan_for_checkpoint` sets it where it is exact):
-    the decoder's logits read the token embedding as float16 panels through the Mojo kernel of
-    ``kernels/half_panels.mojo``, widened to float32 in registers (docs/performance.md, entry 41).
+    ``panels`` (the CPU plan's float32 decoder; :func:`plan_for_checkpoint` sets it where it is exact):
+    the decoder's logits and its blocks' products read their matrices as float16 panels
+    (``weights.is_panel_matrix``) through the Mojo kernel of ``kernels/half_panels.mojo``, which
+    widens each weight to float32 in registers (docs/performance.md, entry 41).
     """
 
     device: str = "cpu"
     dtype: str = "float32"
     runs_on: str | None = None
-    embedding: str = "float32"
+    panels: bool = False
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -118,10 +109,8 @@ class GraphPlan:
             raise ValueError(f"unknown device {self.runs_on!r}; choose one of {', '.join(DEVICES)}")
         if self.device == "cpu" and self.target == "gpu":
             raise ValueError("the cpu plan runs only on the CPU: its 4-bit draft has no GPU kernels")
-        if self.embedding not in EMBEDDINGS:
-            raise ValueError(f"unknown embedding {self.embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
-        if self.embedding == "float16" and self.device != "cpu":
-            raise ValueError("float16 embedding panels are for the cpu plan (their kernel is a CPU kernel)")
+        if self.panels and (self.device != "cpu" or self.dtype != "float32"):
+            raise ValueError("float16 panels are for the cpu plan's float32 decoder (their kernel is a CPU kernel)")
 
     @property
     def target(self) -> str:
@@ -170,24 +159,21 @@ class GraphPlan:
 
 
 def plan_for_checkpoint(plan: GraphPlan, state_dict: Mapping[str, Any]) -> GraphPlan:
-    """``plan`` with float16 embedding panels where they hold the checkpoint's token embedding exactly:
-    the CPU plan, and every value a float16 number (openai-whisper's checkpoints are stored in float16)."""
-    if plan.device != "cpu" or plan.embedding == "float16":
+    """``plan`` with float16 panels where they hold the checkpoint's decoder matrices exactly: the CPU
+    plan's float32 decoder, and every value a float16 number (openai-whisper's checkpoints are stored
+    in float16)."""
+    if plan.device != "cpu" or plan.dtype != "float32" or plan.panels:
         return plan
-    exact = float16_copy(state_dict[TOKEN_EMBEDDING].detach().cpu().float().numpy()) is not None
-    return replace(plan, embedding="float16") if exact else plan
+    return replace(plan, panels=True) if is_float16_exact(state_dict) else plan
 
 
 def plan_arrays(state_dict: Mapping[str, Any], plan: GraphPlan) -> dict[str, Any]:
     """The weights registry of ``plan``: its decoder type, the (vocab, state) embedding where the plan has
-    a decoder step, its float16 panels where the plan reads them, and no draft weights yet
+    a decoder step, the float16 panels where the plan reads them, and no draft weights yet
     (:meth:`MaxWhisperGraphs.add_draft_weights` adds them when the draft is first built or loaded)."""
     arrays = state_dict_arrays(state_dict, draft=False, decoder_dtype=plan.dtype, embedding_rows=plan.step)
-    if plan.embedding == "float16":
-        half = float16_copy(state_dict[TOKEN_EMBEDDING].detach().cpu().float().numpy())
-        if half is None:
-            raise ValueError("this checkpoint's token embedding is not float16: use the float32 embedding")
-        arrays[EMBEDDING_PANELS] = float16_panels(half)
+    if plan.panels:
+        arrays.update(float16_panel_arrays(state_dict))
     return arrays
 
 
@@ -227,7 +213,7 @@ class MaxWhisperGraphs:
         self.device = weights.device
         product = plan.product  # the encoder and the decoder pass multiply alike
         self.encoder = AudioEncoder(weights, dims, product=product)
-        self.decoder = TextDecoder(weights, dims, product=product, embedding_panels=plan.embedding == "float16")
+        self.decoder = TextDecoder(weights, dims, product=product, panels=plan.panels)
         self.draft_decoder = TextDecoder(weights, dims, quantized=True) if plan.draft else None
         self.step_decoder = TextDecoder(weights, dims, rowwise=True) if plan.step else None
         self.n_kv = 2 * dims.n_text_layer
@@ -242,10 +228,10 @@ class MaxWhisperGraphs:
 
     def _name(self, base: str) -> str:
         """Names of the graphs that read the decoder's per-token matrices say their type where it is
-        not float32, and the embedding's where it is float16 (exported artifacts are matched by name
-        and signature, and the types are in neither)."""
+        not float32, or that they are float16 panels (exported artifacts are matched by name and
+        signature, and the types are in neither)."""
         name = base if self.plan.dtype == "float32" else f"{base}_{self.plan.dtype}"
-        return f"{name}_embedding_float16" if self.plan.embedding == "float16" and base == "whisper_decoder" else name
+        return f"{name}_float16_panels" if self.plan.panels and base == "whisper_decoder" else name
 
     def build(self, name: str) -> Graph:
         if name not in self.plan.graph_names:
@@ -310,7 +296,7 @@ class MaxWhisperGraphs:
             TensorType(DType.int64, ["n_rows"], self.device),  # rows whose logits are returned
         ]
         inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device)
-        kernels = [KERNELS] if self.plan.embedding == "float16" else []
+        kernels = [KERNELS] if self.plan.panels else []
         with Graph(self._name("whisper_decoder"), input_types=inputs, custom_extensions=kernels) as graph:
             tokens, start, end, mask, rows = (v.tensor for v in graph.inputs[:5])
             caches = KVCache.per_block([v.buffer for v in graph.inputs[5 : 5 + self.n_kv]])

@@ -29,7 +29,7 @@ from max.graph import BufferValue, DeviceRef, Graph, TensorType, TensorValue, We
 from max.graph.quantization import QuantizationEncoding
 from whisper.model import ModelDimensions
 
-from .weights import DRAFT_EMBEDDING, EMBEDDING_PANELS, TOKEN_EMBEDDING, TOKEN_EMBEDDING_T, draft_name
+from .weights import DRAFT_EMBEDDING, TOKEN_EMBEDDING, TOKEN_EMBEDDING_T, draft_name, panels_name
 
 #: openai-whisper's LayerNorm epsilon (torch's default).
 LN_EPS = 1e-5
@@ -111,6 +111,7 @@ class Linear:
     ``quantized``: multiply by the 4-bit draft copy of ``W`` (:func:`draft_name`) instead: the
     draft decoder's linear layers (the bias stays float32).  ``rowwise``: each output as a
     multiply-and-sum over a row of ``W`` (:func:`rowwise_product`), exact float32 on a GPU.
+    ``panels``: multiply by the float16 panels of ``W`` (:func:`matmul_float16_panels`).
     Otherwise ``product`` multiplies (:class:`Product`).
     """
 
@@ -122,15 +123,19 @@ class Linear:
         quantized: bool = False,
         rowwise: bool = False,
         product: Product = MATMUL,
+        panels: bool = False,
     ) -> None:
         self.weights, self.name, self.bias, self.quantized, self.rowwise = weights, name, bias, quantized, rowwise
-        self.product = product
+        self.product, self.panels = product, panels
 
     def __call__(self, x: TensorValue) -> TensorValue:
         if self.quantized:
             y = ops.qmatmul(QuantizationEncoding.Q4_0, None, x, self.weights.get(draft_name(f"{self.name}.weight")))
         elif self.rowwise:
             y = rowwise_product(x, self.weights.get(f"{self.name}.weight"))
+        elif self.panels:
+            n_out = int(self.weights.arrays[f"{self.name}.weight"].shape[0])
+            y = matmul_float16_panels(x, self.weights.get(panels_name(f"{self.name}.weight")), n_out)
         else:
             y = matmul_t(x, self.weights.get(f"{self.name}.weight"), self.product)
         if self.bias:
@@ -196,9 +201,11 @@ class MLP:
         quantized: bool = False,
         rowwise: bool = False,
         product: Product = MATMUL,
+        panels: bool = False,
     ) -> None:
-        self.fc1 = Linear(weights, f"{name}.0", quantized=quantized, rowwise=rowwise, product=product)
-        self.fc2 = Linear(weights, f"{name}.2", quantized=quantized, rowwise=rowwise, product=product)
+        kinds = {"quantized": quantized, "rowwise": rowwise, "product": product, "panels": panels}
+        self.fc1 = Linear(weights, f"{name}.0", **kinds)
+        self.fc2 = Linear(weights, f"{name}.2", **kinds)
 
     def __call__(self, x: TensorValue) -> TensorValue:
         return self.fc2(ops.gelu(self.fc1(x)))
@@ -321,6 +328,8 @@ class MultiHeadAttention:
     ``quantized``: the draft decoder's attention (4-bit ``query`` and ``out``; 4-bit ``key`` and
     ``value`` too, except in cross-attention, whose keys and values are computed once per window
     in float32).  The draft feeds one token at a time, so it attends with :func:`attend_one`.
+    ``panels``: the float32 decoder's products by float16 panels, except the cross-attention keys
+    and values (computed once per window, in the encoder graph).
     """
 
     def __init__(
@@ -332,15 +341,18 @@ class MultiHeadAttention:
         cross: bool = False,
         rowwise: bool = False,
         product: Product = MATMUL,
+        panels: bool = False,
     ) -> None:
         self.n_head = n_head
         self.one_query = quantized or rowwise
         self.product = product
-        self.query = Linear(weights, f"{name}.query", quantized=quantized, rowwise=rowwise, product=product)
+        kinds = {"rowwise": rowwise, "product": product}
+        self.query = Linear(weights, f"{name}.query", quantized=quantized, panels=panels, **kinds)
         own_kv = quantized and not cross  # the draft's cross K/V come from the float32 encoder graph
-        self.key = Linear(weights, f"{name}.key", bias=False, quantized=own_kv, rowwise=rowwise, product=product)
-        self.value = Linear(weights, f"{name}.value", quantized=own_kv, rowwise=rowwise, product=product)
-        self.out = Linear(weights, f"{name}.out", quantized=quantized, rowwise=rowwise, product=product)
+        kv_panels = panels and not cross
+        self.key = Linear(weights, f"{name}.key", bias=False, quantized=own_kv, panels=kv_panels, **kinds)
+        self.value = Linear(weights, f"{name}.value", quantized=own_kv, panels=kv_panels, **kinds)
+        self.out = Linear(weights, f"{name}.out", quantized=quantized, panels=panels, **kinds)
 
     def __call__(self, x: TensorValue, mask: TensorValue | None = None) -> TensorValue:
         """Self-attention without a cache (the encoder's)."""
@@ -427,18 +439,18 @@ class ResidualAttentionBlock:
         quantized: bool = False,
         rowwise: bool = False,
         product: Product = MATMUL,
+        panels: bool = False,
     ) -> None:
-        self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized, rowwise=rowwise, product=product)
+        kinds = {"rowwise": rowwise, "product": product, "panels": panels}
+        self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized, **kinds)
         self.attn_ln = LayerNorm(weights, f"{name}.attn_ln")
         self.cross_attn = (
-            MultiHeadAttention(
-                weights, f"{name}.cross_attn", n_head, quantized, cross=True, rowwise=rowwise, product=product
-            )
+            MultiHeadAttention(weights, f"{name}.cross_attn", n_head, quantized, cross=True, **kinds)
             if cross_attention
             else None
         )
         self.cross_attn_ln = LayerNorm(weights, f"{name}.cross_attn_ln") if cross_attention else None
-        self.mlp = MLP(weights, f"{name}.mlp", quantized, rowwise=rowwise, product=product)
+        self.mlp = MLP(weights, f"{name}.mlp", quantized, **kinds)
         self.mlp_ln = LayerNorm(weights, f"{name}.mlp_ln")
 
     def __call__(self, x: TensorValue) -> TensorValue:
@@ -533,8 +545,8 @@ class TextDecoder:
     matrices (the embeddings, layer norms, biases and cross-attention K/V stay float32).
     ``rowwise=True`` builds the GPU's *decoder step* (:meth:`step`): one token per row at a
     position held on the device, every product a multiply-and-sum (:func:`rowwise_product`).
-    Otherwise ``product`` multiplies its matrices (:class:`Product`).  ``embedding_panels``: the
-    logits read the token embedding's float16 panels (:func:`matmul_float16_panels`).
+    Otherwise ``product`` multiplies its matrices (:class:`Product`).  ``panels``: the blocks'
+    products and the logits read float16 panels of their matrices (:func:`matmul_float16_panels`).
     """
 
     def __init__(
@@ -544,12 +556,12 @@ class TextDecoder:
         quantized: bool = False,
         rowwise: bool = False,
         product: Product = MATMUL,
-        embedding_panels: bool = False,
+        panels: bool = False,
     ) -> None:
         self.weights = weights
         self.product = product
         self.n_vocab = dims.n_vocab
-        self.embedding_panels = embedding_panels
+        self.panels = panels
         self.blocks = [
             ResidualAttentionBlock(
                 weights,
@@ -559,6 +571,7 @@ class TextDecoder:
                 quantized=quantized,
                 rowwise=rowwise,
                 product=product,
+                panels=panels,
             )
             for i in range(dims.n_text_layer)
         ]
@@ -631,8 +644,8 @@ class TextDecoder:
 
     def logits(self, hidden: TensorValue) -> TensorValue:
         """(batch, n_rows, state) -> (batch, n_rows, n_vocab): against the token embedding."""
-        if self.embedding_panels:
-            return matmul_float16_panels(hidden, self.weights.get(EMBEDDING_PANELS), self.n_vocab)
+        if self.panels:
+            return matmul_float16_panels(hidden, self.weights.get(panels_name(TOKEN_EMBEDDING)), self.n_vocab)
         return matmul(hidden, self.weights.get(TOKEN_EMBEDDING_T), self.product)
 
     def draft(self, hidden: TensorValue, timestamp_begin: int, n_vocab: int) -> tuple[TensorValue, TensorValue]:

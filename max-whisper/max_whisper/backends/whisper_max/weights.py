@@ -25,11 +25,12 @@ TOKEN_EMBEDDING = "decoder.token_embedding.weight"
 #: of :data:`TOKEN_EMBEDDING`: MAX's CPU matmul reads a (K, N) right-hand side at twice the rate of a
 #: transposed (N, K) one (docs/performance.md, entry 30), and the logits are most of a decoder step.
 TOKEN_EMBEDDING_T = "decoder.token_embedding.weight.T"
-#: Registry name of the token embedding as float16 panels (:func:`float16_panels`), which the CPU plan's
-#: logits read where every value of the embedding is a float16 number (openai-whisper's checkpoints
-#: are stored in float16): the float32 matrix exactly, in half the bytes (docs/performance.md, entry 41).
-EMBEDDING_PANELS = "decoder.token_embedding.float16_panels"
-#: Columns of the (state, n_vocab) embedding per panel: what the ``matmul_float16_panels`` kernel
+#: Registry names of float16 panels (:func:`float16_panels`) end with this: the CPU plan's float32 decoder
+#: reads its per-token matrices (:func:`is_panel_matrix`) as panels where every value is a float16 number
+#: (openai-whisper's checkpoints are stored in float16): the same matrices, in half the bytes
+#: (docs/performance.md, entry 41).
+PANELS_SUFFIX = ".float16_panels"
+#: Columns of a (K, N) matrix per panel: what the ``matmul_float16_panels`` kernel
 #: (kernels/half_panels.mojo) holds in two 8-wide float32 registers.
 PANEL_WIDTH = 16
 #: Registry name of the 4-bit draft copy of the token embedding.
@@ -110,15 +111,48 @@ def float16_copy(weight: np.ndarray) -> torch.Tensor | None:
 
 
 def float16_panels(embedding: torch.Tensor) -> np.ndarray:
-    """The (n_vocab, state) float16 embedding as (ceil(n_vocab / 16), state, 16) panels of its
-    transpose: column n of the (state, n_vocab) matrix is ``panels[n // 16, :, n % 16]``, so the
-    kernel streams each panel's 16 columns as one block; the columns past n_vocab are zeros and never
-    stored."""
+    """A (N, K) float16 matrix (the (n_vocab, state) embedding, or a ``Linear`` weight (out, in)) as
+    (ceil(N / 16), K, 16) panels of its transpose: column n of the (K, N) matrix is
+    ``panels[n // 16, :, n % 16]``, so the kernel streams each panel's 16 columns as one block; the
+    columns past N are zeros and never stored."""
     n_vocab, state = embedding.shape
     n_panels = -(-n_vocab // PANEL_WIDTH)
     padded = torch.zeros((n_panels * PANEL_WIDTH, state), dtype=torch.float16)
     padded[:n_vocab] = embedding
     return padded.view(n_panels, PANEL_WIDTH, state).permute(0, 2, 1).contiguous().numpy()
+
+
+def panels_name(name: str) -> str:
+    """Registry name of the float16 panels of the weight ``name``."""
+    return name + PANELS_SUFFIX
+
+
+def is_panel_matrix(name: str) -> bool:
+    """Whether the float32 decoder reads ``name`` as float16 panels where it can: the token embedding
+    (the logits) and the blocks' matrices it multiplies by for every token (:func:`is_decoder_matrix`;
+    the cross-attention keys and values are computed once per window, in the encoder graph)."""
+    return name == TOKEN_EMBEDDING or is_decoder_matrix(name)
+
+
+def is_float16_exact(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether every matrix of :func:`is_panel_matrix` holds float16 numbers only."""
+    for name in filter(is_panel_matrix, state_dict):
+        weight = state_dict[name].detach().cpu().float()
+        if not torch.equal(weight.half().float(), weight):
+            return False
+    return True
+
+
+def float16_panel_arrays(state_dict: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The float16 panels of every matrix of :func:`is_panel_matrix`, under :func:`panels_name`
+    (whisper's (out, in) layout is the transpose the panels hold: ``x @ W^T``)."""
+    panels = {}
+    for name in filter(is_panel_matrix, state_dict):
+        half = float16_copy(state_dict[name].detach().cpu().float().numpy())
+        if half is None:
+            raise ValueError(f"{name} is not float16-exact: the decoder must read it in float32")
+        panels[panels_name(name)] = float16_panels(half)
+    return panels
 
 
 def draft_arrays(arrays: dict[str, Any]) -> dict[str, np.ndarray]:

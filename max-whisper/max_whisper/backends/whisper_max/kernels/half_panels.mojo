@@ -1,7 +1,8 @@
-"""Float32 rows times a float16-stored matrix, for the logits of MAX's CPU decoder.
+"""Float32 rows times a float16-stored matrix: the products of MAX's CPU decoder (its logits and
+its blocks' matrices).
 
 Every value of openai-whisper's published checkpoints is a float16 number, so a float16 copy of the
-token embedding is the float32 matrix exactly, in half the bytes. MAX 26.7's CPU matmul has no
+decoder's matrices is the float32 model exactly, in half the bytes. MAX 26.7's CPU matmul has no
 kernel that widens float16 weights while it multiplies (a cast before the matmul costs twice the
 float32 product), so this op does: each weight is widened to float32 in registers and every
 product and sum is float32.
