@@ -171,7 +171,9 @@ def rowwise_product(x: TensorValue, w: TensorValue) -> TensorValue:
 def matmul_float16_panels(x: TensorValue, panels: TensorValue, n_out: int) -> TensorValue:
     """``x @ w`` for float32 ``x`` (..., K) and ``w`` (K, n_out) held as float16 panels
     (``weights.float16_panels``), in float32: the custom op of ``kernels/half_panels.mojo`` (the graph
-    must load that package), which widens each weight in registers and so reads half the bytes."""
+    must load that package), which widens each weight in registers and so reads half the bytes.  The
+    kernel indexes its tensors as dense row-major arrays: ``x`` goes in reshaped to rows, and a
+    registry weight is dense."""
     *lead, k = x.shape
     rows = ops.reshape(x, [-1, k])
     out_type = TensorType(DType.float32, [rows.shape[0], n_out], x.device)

@@ -110,16 +110,16 @@ def float16_copy(weight: np.ndarray) -> torch.Tensor | None:
     return half if torch.equal(half.to(full.dtype), full) else None
 
 
-def float16_panels(embedding: torch.Tensor) -> np.ndarray:
+def float16_panels(matrix: torch.Tensor) -> np.ndarray:
     """A (N, K) float16 matrix (the (n_vocab, state) embedding, or a ``Linear`` weight (out, in)) as
     (ceil(N / 16), K, 16) panels of its transpose: column n of the (K, N) matrix is
     ``panels[n // 16, :, n % 16]``, so the kernel streams each panel's 16 columns as one block; the
     columns past N are zeros and never stored."""
-    n_vocab, state = embedding.shape
-    n_panels = -(-n_vocab // PANEL_WIDTH)
-    padded = torch.zeros((n_panels * PANEL_WIDTH, state), dtype=torch.float16)
-    padded[:n_vocab] = embedding
-    return padded.view(n_panels, PANEL_WIDTH, state).permute(0, 2, 1).contiguous().numpy()
+    n, k = matrix.shape
+    n_panels = -(-n // PANEL_WIDTH)
+    padded = torch.zeros((n_panels * PANEL_WIDTH, k), dtype=torch.float16)
+    padded[:n] = matrix
+    return padded.view(n_panels, PANEL_WIDTH, k).permute(0, 2, 1).contiguous().numpy()
 
 
 def panels_name(name: str) -> str:
