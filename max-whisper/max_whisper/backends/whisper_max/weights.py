@@ -103,11 +103,12 @@ def state_dict_arrays(
     return arrays
 
 
-def float16_copy(weight: np.ndarray) -> torch.Tensor | None:
-    """``weight`` as a float16 tensor if that is exact (every value a float16 number), else None."""
-    full = torch.from_numpy(weight)
+def float16_copy(weight: Any) -> torch.Tensor | None:
+    """``weight`` (a torch tensor or numpy array) as a float16 tensor if that is exact (every value a
+    float16 number), else None."""
+    full = torch.as_tensor(weight).detach().cpu().float()
     half = full.half()
-    return half if torch.equal(half.to(full.dtype), full) else None
+    return half if torch.equal(half.float(), full) else None
 
 
 def float16_panels(matrix: torch.Tensor) -> np.ndarray:
@@ -136,11 +137,7 @@ def is_panel_matrix(name: str) -> bool:
 
 def is_float16_exact(state_dict: dict[str, torch.Tensor]) -> bool:
     """Whether every matrix of :func:`is_panel_matrix` holds float16 numbers only."""
-    for name in filter(is_panel_matrix, state_dict):
-        weight = state_dict[name].detach().cpu().float()
-        if not torch.equal(weight.half().float(), weight):
-            return False
-    return True
+    return all(float16_copy(state_dict[name]) is not None for name in filter(is_panel_matrix, state_dict))
 
 
 def float16_panel_arrays(state_dict: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -148,7 +145,7 @@ def float16_panel_arrays(state_dict: dict[str, torch.Tensor]) -> dict[str, np.nd
     (whisper's (out, in) layout is the transpose the panels hold: ``x @ W^T``)."""
     panels = {}
     for name in filter(is_panel_matrix, state_dict):
-        half = float16_copy(state_dict[name].detach().cpu().float().numpy())
+        half = float16_copy(state_dict[name])
         if half is None:
             raise ValueError(f"{name} is not float16-exact: the decoder must read it in float32")
         panels[panels_name(name)] = float16_panels(half)
