@@ -199,15 +199,20 @@ def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) 
     # the step's products are multiply-and-sum reductions: no matmul, which MAX runs on TF32 tensor cores
     assert "matmul" not in str(built["decoder_step"])
     # every product of the others is split (layers.SplitProduct; bfloat16 weights are widened first): each of
-    # the CPU plan's matmuls is there once, its two operands each cast to bfloat16 for the split
+    # the CPU plan's matmuls is there once, its two operands each cast to bfloat16 for the split, and so are
+    # the decoder's cross-attention products, which the CPU plan runs in its few-query kernel
     cpu_plan = GraphPlan("cpu")
     cpu_arrays = plan_arrays(checkpoint["model_state_dict"], cpu_plan)
     cpu_graphs = MaxWhisperGraphs(graphs.dims, WeightSource(cpu_arrays, cpu_plan.device_ref), 50363, cpu_plan)
+    assert "few_query_attention" not in str(built["decoder"])
     for name in ("encoder", "cross_kv", "decoder"):
         lines = str(built[name]).splitlines()
         matmuls = sum("matmul" in line for line in lines)
         splits = sum("mo.cast" in line and re.search(r"-> !mo\.tensor<[^>]*bf16", line) is not None for line in lines)
-        assert matmuls == str(cpu_graphs.build(name)).count("matmul"), f"{name}: matmuls added or lost"
+        cpu_text = str(cpu_graphs.build(name))
+        in_kernel = 2 * cpu_text.count("few_query_attention")  # scores and values, per cross-attention
+        assert name == "decoder" or not in_kernel
+        assert matmuls == cpu_text.count("matmul") + in_kernel, f"{name}: matmuls added or lost"
         assert splits == 2 * matmuls, f"{name}: {splits} bfloat16 splits for {matmuls} matmuls"
 
 
@@ -277,6 +282,27 @@ def test_graph_store_key_and_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert a != ArtifactStore.for_graphs(dims, 50364, GraphPlan("cpu"), CPU())
     monkeypatch.setenv(GRAPH_DIR_ENV, "off")
     assert graph_store_root() is None and ArtifactStore.for_graphs(dims, 50363, GraphPlan("cpu"), CPU()) is None
+
+
+def test_graph_store_key_covers_every_kernel(tmp_path: Path) -> None:
+    """Every Mojo kernel's source is part of the store's key, a kernel added later included."""
+    import shutil
+
+    from max_whisper.backends.whisper_max import artifacts
+
+    package = Path(artifacts.__file__).parent
+    copy = tmp_path / "whisper_max"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert artifacts.source_digest(copy) == artifacts.source_digest()
+    kernels = sorted((copy / "kernels").glob("*.mojo"))
+    assert {"half_panels.mojo", "few_query_attention.mojo"} <= {k.name for k in kernels}
+    seen = {artifacts.source_digest(copy)}
+    for kernel in kernels:
+        kernel.write_text(kernel.read_text() + "\n")
+        seen.add(artifacts.source_digest(copy))
+    (copy / "kernels" / "new_kernel.mojo").write_text("# a kernel added later\n")
+    seen.add(artifacts.source_digest(copy))
+    assert len(seen) == len(kernels) + 2
 
 
 @pytest.mark.max

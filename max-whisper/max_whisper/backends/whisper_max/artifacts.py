@@ -38,8 +38,9 @@ from ...config import cache_dir
 logger = logging.getLogger(__name__)
 
 GRAPH_DIR_ENV = "MAX_WHISPER_GRAPH_DIR"
-#: The modules whose source decides what the graphs compute (their bytes are part of the key).
-GRAPH_SOURCES = ("layers.py", "choice.py", "graphs.py", "weights.py", "kernels/half_panels.mojo")
+#: The modules whose source decides what the graphs compute (their bytes are part of the key), besides
+#: every Mojo kernel in ``kernels/``.
+GRAPH_SOURCES = ("layers.py", "choice.py", "graphs.py", "weights.py")
 
 
 def graph_store_root() -> Path | None:
@@ -76,13 +77,12 @@ def max_version() -> str:
         return str(getattr(max, "__version__", "unknown"))
 
 
-def source_digest() -> str:
-    """SHA256 over the graph-building modules' source."""
+def source_digest(here: Path = Path(__file__).parent) -> str:
+    """SHA256 over the source of the graph-building modules and kernels in ``here`` (this package)."""
     digest = hashlib.sha256()
-    here = Path(__file__).parent
-    for name in GRAPH_SOURCES:
-        digest.update(name.encode())
-        digest.update((here / name).read_bytes())
+    for path in [here / name for name in GRAPH_SOURCES] + sorted((here / "kernels").glob("*.mojo")):
+        digest.update(path.relative_to(here).as_posix().encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

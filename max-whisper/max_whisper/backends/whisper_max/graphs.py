@@ -123,6 +123,13 @@ class GraphPlan:
         return self.device == "cpu"
 
     @property
+    def kernels(self) -> bool:
+        """Whether the float32 decoder loads the Mojo kernels of ``kernels/`` (the CPU plan's, whose
+        graphs run only on the CPU): its cross-attention runs through ``few_query_attention.mojo``
+        (docs/performance.md, entry 42), and with ``panels`` its products through ``half_panels.mojo``."""
+        return self.device == "cpu"
+
+    @property
     def step(self) -> bool:
         """Whether single-token passes run the fixed-shape ``decoder_step`` graph (the GPU plan)."""
         return self.device == "gpu"
@@ -213,7 +220,7 @@ class MaxWhisperGraphs:
         self.device = weights.device
         product = plan.product  # the encoder and the decoder pass multiply alike
         self.encoder = AudioEncoder(weights, dims, product=product)
-        self.decoder = TextDecoder(weights, dims, product=product, panels=plan.panels)
+        self.decoder = TextDecoder(weights, dims, product=product, panels=plan.panels, few_query=plan.kernels)
         self.draft_decoder = TextDecoder(weights, dims, quantized=True) if plan.draft else None
         self.step_decoder = TextDecoder(weights, dims, rowwise=True) if plan.step else None
         self.n_kv = 2 * dims.n_text_layer
@@ -296,7 +303,7 @@ class MaxWhisperGraphs:
             TensorType(DType.int64, ["n_rows"], self.device),  # rows whose logits are returned
         ]
         inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device)
-        kernels = [KERNELS] if self.plan.panels else []
+        kernels = [KERNELS] if self.plan.kernels else []
         with Graph(self._name("whisper_decoder"), input_types=inputs, custom_extensions=kernels) as graph:
             tokens, start, end, mask, rows = (v.tensor for v in graph.inputs[:5])
             caches = KVCache.per_block([v.buffer for v in graph.inputs[5 : 5 + self.n_kv]])

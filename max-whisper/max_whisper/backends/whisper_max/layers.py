@@ -181,6 +181,16 @@ def matmul_float16_panels(x: TensorValue, panels: TensorValue, n_out: int) -> Te
     return ops.reshape(y, [*lead, n_out])
 
 
+def few_query_attention(q: TensorValue, k_t: TensorValue, v: TensorValue) -> TensorValue:
+    """softmax(q k^T / 8) v per 64-wide head for float32 q (batch, n_query, state) over k_t (batch, head,
+    64, n_keys) and v (batch, head, n_keys, 64): the custom op of ``kernels/few_query_attention.mojo``
+    (the graph must load that package), which streams each head's keys and values once per five query
+    rows.  Returns (batch, n_query, state), the heads merged; the kernel reads its inputs as dense
+    row-major arrays."""
+    out_type = TensorType(DType.float32, q.shape, q.device)
+    return ops.custom("few_query_attention", device=q.device, values=[q, k_t, v], out_types=[out_type])[0].tensor
+
+
 def as_float32(x: TensorValue) -> TensorValue:
     return x if x.dtype == DType.float32 else ops.cast(x, DType.float32)
 
@@ -331,7 +341,8 @@ class MultiHeadAttention:
     ``value`` too, except in cross-attention, whose keys and values are computed once per window
     in float32).  The draft feeds one token at a time, so it attends with :func:`attend_one`.
     ``panels``: the float32 decoder's products by float16 panels, except the cross-attention keys
-    and values (computed once per window, in the encoder graph).
+    and values (computed once per window, in the encoder graph).  ``few_query``: the float32
+    decoder's cross-attention through :func:`few_query_attention` (a CPU kernel).
     """
 
     def __init__(
@@ -344,10 +355,12 @@ class MultiHeadAttention:
         rowwise: bool = False,
         product: Product = MATMUL,
         panels: bool = False,
+        few_query: bool = False,
     ) -> None:
         self.n_head = n_head
         self.one_query = quantized or rowwise
         self.product = product
+        self.few_query = few_query
         kinds = {"rowwise": rowwise, "product": product}
         self.query = Linear(weights, f"{name}.query", quantized=quantized, panels=panels, **kinds)
         own_kv = quantized and not cross  # the draft's cross K/V come from the float32 encoder graph
@@ -427,7 +440,10 @@ class MultiHeadAttention:
         group = batch // n_audio
         q = ops.rebind(self.query(x), [group * n_audio, n_new, state])  # asserts batch = n_audio * group
         queries = ops.reshape(q, [n_audio, group * n_new, state])
-        out = attend(queries, k_audio, v_audio, self.n_head, product=self.product)
+        if self.few_query:
+            out = few_query_attention(queries, k_audio, v_audio)
+        else:
+            out = attend(queries, k_audio, v_audio, self.n_head, product=self.product)
         return self.out(ops.rebind(ops.reshape(out, [group * n_audio, n_new, state]), [batch, n_new, state]))
 
 
@@ -442,12 +458,15 @@ class ResidualAttentionBlock:
         rowwise: bool = False,
         product: Product = MATMUL,
         panels: bool = False,
+        few_query: bool = False,
     ) -> None:
         kinds = {"rowwise": rowwise, "product": product, "panels": panels}
         self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized, **kinds)
         self.attn_ln = LayerNorm(weights, f"{name}.attn_ln")
         self.cross_attn = (
-            MultiHeadAttention(weights, f"{name}.cross_attn", n_head, quantized, cross=True, **kinds)
+            MultiHeadAttention(
+                weights, f"{name}.cross_attn", n_head, quantized, cross=True, few_query=few_query, **kinds
+            )
             if cross_attention
             else None
         )
@@ -549,6 +568,7 @@ class TextDecoder:
     position held on the device, every product a multiply-and-sum (:func:`rowwise_product`).
     Otherwise ``product`` multiplies its matrices (:class:`Product`).  ``panels``: the blocks'
     products and the logits read float16 panels of their matrices (:func:`matmul_float16_panels`).
+    ``few_query``: the cross-attention runs through :func:`few_query_attention`.
     """
 
     def __init__(
@@ -559,6 +579,7 @@ class TextDecoder:
         rowwise: bool = False,
         product: Product = MATMUL,
         panels: bool = False,
+        few_query: bool = False,
     ) -> None:
         self.weights = weights
         self.product = product
@@ -574,6 +595,7 @@ class TextDecoder:
                 rowwise=rowwise,
                 product=product,
                 panels=panels,
+                few_query=few_query,
             )
             for i in range(dims.n_text_layer)
         ]
