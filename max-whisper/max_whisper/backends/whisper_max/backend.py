@@ -229,7 +229,6 @@ class MaxBackend(Backend):
             plan=self.plan.device,
             dtype=self.dtype,
             float16_panels=self.plan.panels,
-            mojo_kernels=self.plan.kernels,
             graphs=list(self.plan.graph_names),
             graphs_loaded=self.models.loaded,
             graph_store=None if self.models.store is None else str(self.models.store.folder),

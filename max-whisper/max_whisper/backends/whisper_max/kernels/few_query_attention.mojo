@@ -122,13 +122,9 @@ struct FewQueryAttention:
                     comptime for g in range(GROUPS):
                         out[r * GROUPS + g] = out[r * GROUPS + g] * factor
                 # the chunk's values, weighted by the probabilities: each value row read once for all rows
-                var acc = Array[SIMD[DType.float32, W], ROWS * GROUPS](fill=0)
-                comptime for a in range(ROWS * GROUPS):
-                    acc[a] = out[a]
                 for cv in range(n_vectors):
                     var first = values + (j0 + cv * W) * HEAD
-                    var n_keys_here = min(W, width - cv * W)
-                    for i in range(n_keys_here):
+                    for i in range(min(W, width - cv * W)):
                         var row = first + i * HEAD
                         var value = Array[SIMD[DType.float32, W], GROUPS](fill=0)
                         comptime for g in range(GROUPS):
@@ -136,9 +132,7 @@ struct FewQueryAttention:
                         comptime for r in range(ROWS):
                             var p = SIMD[DType.float32, W](scores[r * VECTORS + cv][i])
                             comptime for g in range(GROUPS):
-                                acc[r * GROUPS + g] = p.fma(value[g], acc[r * GROUPS + g])
-                comptime for a in range(ROWS * GROUPS):
-                    out[a] = acc[a]
+                                out[r * GROUPS + g] = p.fma(value[g], out[r * GROUPS + g])
                 j0 += CHUNK
             comptime for r in range(ROWS):
                 if r < rows:
