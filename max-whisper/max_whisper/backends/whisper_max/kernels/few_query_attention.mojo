@@ -5,7 +5,10 @@ audio's 1500 keys and values per head. MAX 26.7's batched matmul runs such a pro
 memory's rate on the CPU (docs/performance.md, entry 42), so this op streams each head's keys and
 values once per block of rows: the scores of a chunk of keys are made in registers, folded into a
 running softmax (a running maximum and sum, the output rescaled when the maximum grows), and the
-chunk's values are added to the output while they are in cache. Every product and sum is float32.
+chunk's values are added to the output while they are in cache. Each chunk's keys are 64 rows of
+the transposed keys, 6 KB apart, so the next chunk's are prefetched while this one is scored (in a
+decoder pass they come from memory, not cache: docs/performance.md, entry 43). Every product and sum
+is float32.
 """
 
 import extensibility
@@ -14,6 +17,7 @@ from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import ceildiv, exp, sqrt
 from std.sys import simd_width_of
+from std.sys.intrinsics import PrefetchOptions, prefetch
 
 comptime ROWS = 5
 """Query rows per work item, each with its own scores and output in the item's scratch."""
@@ -72,7 +76,7 @@ struct FewQueryAttention:
             var rows = min(ROWS, n_query - r0)
             var keys = kp + (audio * n_head + head) * HEAD * n_key  # (64, N)
             var values = vp + (audio * n_head + head) * n_key * HEAD  # (N, 64)
-            # the rows' queries, already scaled; rows past the last repeat it and are not stored
+            # the rows' queries, already scaled; rows past the last repeat it and are skipped
             var query = Array[Float32, ROWS * HEAD](fill=0)
             comptime for r in range(ROWS):
                 var src = qp + (audio * n_query + r0 + min(r, rows - 1)) * state + head * HEAD
@@ -91,10 +95,18 @@ struct FewQueryAttention:
                     var c = cv * W
                     if c + W <= width:  # 8 keys: the rows' sums in registers
                         var acc = Array[SIMD[DType.float32, W], ROWS](fill=0)
+                        var ahead = j0 + CHUNK + c < n_key
                         for d in range(HEAD):
+                            # the same keys of the next chunk: 64 rows of the transposed keys, too far
+                            # apart for the hardware's prefetcher to follow them all
+                            if ahead:
+                                prefetch[PrefetchOptions().for_read().high_locality().to_data_cache()](
+                                    keys + d * n_key + j0 + CHUNK + c
+                                )
                             var k = (keys + d * n_key + j0 + c).load[width=W]()
                             comptime for r in range(ROWS):
-                                acc[r] = SIMD[DType.float32, W](query[r * HEAD + d]).fma(k, acc[r])
+                                if r < rows:  # a partial block (a burst's 17 rows end in one) skips the rest
+                                    acc[r] = SIMD[DType.float32, W](query[r * HEAD + d]).fma(k, acc[r])
                         comptime for r in range(ROWS):
                             scores[r * VECTORS + cv] = acc[r]
                     else:  # the last few keys
@@ -108,6 +120,8 @@ struct FewQueryAttention:
                             scores[r * VECTORS + cv] = part
                 # the running softmax: probabilities of the chunk against the new maximum
                 comptime for r in range(ROWS):
+                    if r >= rows:
+                        continue
                     var top = running_max[r]
                     for cv in range(n_vectors):
                         top = max(top, scores[r * VECTORS + cv].reduce_max())
@@ -130,9 +144,10 @@ struct FewQueryAttention:
                         comptime for g in range(GROUPS):
                             value[g] = (row + g * W).load[width=W]()
                         comptime for r in range(ROWS):
-                            var p = SIMD[DType.float32, W](scores[r * VECTORS + cv][i])
-                            comptime for g in range(GROUPS):
-                                out[r * GROUPS + g] = p.fma(value[g], out[r * GROUPS + g])
+                            if r < rows:
+                                var p = SIMD[DType.float32, W](scores[r * VECTORS + cv][i])
+                                comptime for g in range(GROUPS):
+                                    out[r * GROUPS + g] = p.fma(value[g], out[r * GROUPS + g])
                 j0 += CHUNK
             comptime for r in range(ROWS):
                 if r < rows:

@@ -15,9 +15,9 @@ from max.gpu.host import DeviceContext
 from std.math import ceildiv
 
 comptime PANEL = 16
-"""Columns of the weight per panel: two 8-wide float32 vectors."""
+"""Columns of the weight per panel: one 16-wide float32 vector (two 8-wide ones on AVX2)."""
 comptime ROWS = 5
-"""Rows of ``x`` held in registers at a time (5 rows x 2 vectors = 10 accumulators)."""
+"""Rows of ``x`` held in registers at a time (5 accumulators of a panel's 16 columns)."""
 comptime K_BLOCK = 64
 """The contraction is summed in blocks of this many terms, each block's sum then added to the
 total: closer to the exact sum than one running sum over the whole axis."""
@@ -55,33 +55,28 @@ struct MatmulFloat16Panels:
                 var col = p * PANEL
                 var m0 = 0
                 while m0 < m_total:
-                    var total0 = Array[SIMD[DType.float32, 8], ROWS](fill=0)
-                    var total1 = Array[SIMD[DType.float32, 8], ROWS](fill=0)
+                    var rows = min(ROWS, m_total - m0)
+                    var total = Array[SIMD[DType.float32, PANEL], ROWS](fill=0)
                     var k0 = 0
                     while k0 < k_total:
-                        var acc0 = Array[SIMD[DType.float32, 8], ROWS](fill=0)
-                        var acc1 = Array[SIMD[DType.float32, 8], ROWS](fill=0)
+                        var acc = Array[SIMD[DType.float32, PANEL], ROWS](fill=0)
                         for k in range(k0, min(k0 + K_BLOCK, k_total)):
-                            var w0 = (panel + k * PANEL).load[width=8]().cast[DType.float32]()
-                            var w1 = (panel + k * PANEL + 8).load[width=8]().cast[DType.float32]()
+                            var w = (panel + k * PANEL).load[width=PANEL]().cast[DType.float32]()
                             comptime for r in range(ROWS):
-                                # rows past M repeat the last row; their sums are not stored
-                                var a = SIMD[DType.float32, 8](xp[min(m0 + r, m_total - 1) * k_total + k])
-                                acc0[r] = a.fma(w0, acc0[r])
-                                acc1[r] = a.fma(w1, acc1[r])
+                                # a partial block (17 rows end in one of two) skips the missing rows
+                                if r < rows:
+                                    acc[r] = SIMD[DType.float32, PANEL](xp[(m0 + r) * k_total + k]).fma(w, acc[r])
                         comptime for r in range(ROWS):
-                            total0[r] += acc0[r]
-                            total1[r] += acc1[r]
+                            total[r] += acc[r]
                         k0 += K_BLOCK
                     comptime for r in range(ROWS):
-                        if m0 + r < m_total:
+                        if r < rows:
                             var out = yp + (m0 + r) * n_total + col
                             if col + PANEL <= n_total:
-                                out.store(total0[r])
-                                (out + 8).store(total1[r])
+                                out.store(total[r])
                             else:  # the last panel: only the columns that exist
                                 for j in range(n_total - col):
-                                    out[j] = total0[r][j] if j < 8 else total1[r][j - 8]
+                                    out[j] = total[r][j]
                     m0 += ROWS
 
         sync_parallelize(task, n_tasks)
