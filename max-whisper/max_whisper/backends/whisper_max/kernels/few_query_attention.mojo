@@ -105,7 +105,7 @@ struct FewQueryAttention:
                                 )
                             var k = (keys + d * n_key + j0 + c).load[width=W]()
                             comptime for r in range(ROWS):
-                                if r < rows:  # a partial block (a burst's 17 rows end in one) skips the rest
+                                if r < rows:  # a burst's 17 rows end in a block of 2: the rest are skipped
                                     acc[r] = SIMD[DType.float32, W](query[r * HEAD + d]).fma(k, acc[r])
                         comptime for r in range(ROWS):
                             scores[r * VECTORS + cv] = acc[r]

@@ -63,7 +63,7 @@ struct MatmulFloat16Panels:
                         for k in range(k0, min(k0 + K_BLOCK, k_total)):
                             var w = (panel + k * PANEL).load[width=PANEL]().cast[DType.float32]()
                             comptime for r in range(ROWS):
-                                # a partial block (17 rows end in one of two) skips the missing rows
+                                # a burst's 17 rows end in a block of 2: the missing rows are skipped
                                 if r < rows:
                                     acc[r] = SIMD[DType.float32, PANEL](xp[(m0 + r) * k_total + k]).fma(w, acc[r])
                         comptime for r in range(ROWS):
