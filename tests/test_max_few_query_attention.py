@@ -3,8 +3,9 @@
 A decoder pass has a few new tokens against the audio's keys; the kernel keeps a running softmax over
 chunks of 256 keys, so it is checked against float64 attention with key counts below one vector, one
 that ends in a partial vector, one that spans several chunks and ends mid-chunk (the audio's 1500),
-with query counts that fill the kernel's five-row block, leave a remainder and repeat it, and with
-several audio rows. Scores are drawn large enough that the running maximum moves from chunk to chunk.
+with query counts that fill the kernel's five-row block or end in a partial one (whose missing rows
+it skips), and with several audio rows. Scores are drawn large enough that the running maximum moves
+from chunk to chunk.
 The end-to-end tests run the session's tiny.en backend, whose float32 decoder attends through it.
 """
 

@@ -76,13 +76,15 @@ struct FewQueryAttention:
             var rows = min(ROWS, n_query - r0)
             var keys = kp + (audio * n_head + head) * HEAD * n_key  # (64, N)
             var values = vp + (audio * n_head + head) * n_key * HEAD  # (N, 64)
-            # the rows' queries, already scaled; rows past the last repeat it and are skipped
+            # the rows' queries, already scaled; a partial block (a burst's 17 rows end in a block of 2)
+            # leaves the rows past its last one out of every step below
             var query = Array[Float32, ROWS * HEAD](fill=0)
             comptime for r in range(ROWS):
-                var src = qp + (audio * n_query + r0 + min(r, rows - 1)) * state + head * HEAD
-                for d in range(HEAD):
-                    query[r * HEAD + d] = src[d] * scale
-            # the chunk's scores (then probabilities), 8 keys to a vector; keys past the last are -FLOOR
+                if r < rows:
+                    var src = qp + (audio * n_query + r0 + r) * state + head * HEAD
+                    for d in range(HEAD):
+                        query[r * HEAD + d] = src[d] * scale
+            # the chunk's scores (then probabilities), W keys to a vector; keys past the last are -FLOOR
             var scores = Array[SIMD[DType.float32, W], ROWS * VECTORS](fill=0)
             var out = Array[SIMD[DType.float32, W], ROWS * GROUPS](fill=0)
             var running_max = Array[Float32, ROWS](fill=-FLOOR)
@@ -93,7 +95,7 @@ struct FewQueryAttention:
                 var n_vectors = ceildiv(width, W)
                 for cv in range(n_vectors):
                     var c = cv * W
-                    if c + W <= width:  # 8 keys: the rows' sums in registers
+                    if c + W <= width:  # W keys: the rows' sums in registers
                         var acc = Array[SIMD[DType.float32, W], ROWS](fill=0)
                         var ahead = j0 + CHUNK + c < n_key
                         for d in range(HEAD):
@@ -105,19 +107,20 @@ struct FewQueryAttention:
                                 )
                             var k = (keys + d * n_key + j0 + c).load[width=W]()
                             comptime for r in range(ROWS):
-                                if r < rows:  # a burst's 17 rows end in a block of 2: the rest are skipped
+                                if r < rows:
                                     acc[r] = SIMD[DType.float32, W](query[r * HEAD + d]).fma(k, acc[r])
                         comptime for r in range(ROWS):
                             scores[r * VECTORS + cv] = acc[r]
                     else:  # the last few keys
                         comptime for r in range(ROWS):
-                            var part = SIMD[DType.float32, W](-FLOOR)
-                            for i in range(width - c):
-                                var s: Float32 = 0
-                                for d in range(HEAD):
-                                    s += query[r * HEAD + d] * keys[d * n_key + j0 + c + i]
-                                part[i] = s
-                            scores[r * VECTORS + cv] = part
+                            if r < rows:
+                                var part = SIMD[DType.float32, W](-FLOOR)
+                                for i in range(width - c):
+                                    var s: Float32 = 0
+                                    for d in range(HEAD):
+                                        s += query[r * HEAD + d] * keys[d * n_key + j0 + c + i]
+                                    part[i] = s
+                                scores[r * VECTORS + cv] = part
                 # the running softmax: probabilities of the chunk against the new maximum
                 comptime for r in range(ROWS):
                     if r >= rows:
