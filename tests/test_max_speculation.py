@@ -16,6 +16,7 @@ from max_whisper.backends.whisper_max.weights import (
     dequantize_q4_0,
     draft_embedding,
     draft_name,
+    fused_qkv_name,
     is_draft_matrix,
     quantize_q4_0,
     state_dict_arrays,
@@ -49,15 +50,13 @@ def test_draft_embedding_pads_rows_with_the_last_token() -> None:
 
 def test_draft_copies_cover_every_matrix_the_draft_step_reads(checkpoint: dict) -> None:
     """4-bit copies of the decoder blocks' per-token matrices, nothing else (the cross-attention
-    keys/values are computed once per window in float32; layer norms and biases stay float32)."""
+    keys/values are computed once per window in float32; layer norms and biases stay float32); each
+    self-attention's query, key and value as one stacked copy, with their biases (the key's zeros)."""
     state_dict = checkpoint["model_state_dict"]
     arrays = state_dict_arrays(state_dict)
     drafted = sorted(name for name in state_dict if is_draft_matrix(name))
     n_layer = checkpoint["dims"]["n_text_layer"]
     per_block = [
-        "attn.query",
-        "attn.key",
-        "attn.value",
         "attn.out",
         "cross_attn.query",
         "cross_attn.out",
@@ -68,6 +67,18 @@ def test_draft_copies_cover_every_matrix_the_draft_step_reads(checkpoint: dict) 
     for name in drafted:
         rows, cols = state_dict[name].shape
         assert arrays[draft_name(name)].shape == (rows, cols // 32 * 18) and arrays[draft_name(name)].dtype == np.uint8
+    for i in range(n_layer):
+        attn = f"decoder.blocks.{i}.attn"
+        parts = [state_dict[f"{attn}.{m}.weight"].float().numpy() for m in ("query", "key", "value")]
+        fused = fused_qkv_name(attn)
+        assert np.array_equal(arrays[draft_name(f"{fused}.weight")], quantize_q4_0(np.concatenate(parts)))
+        assert draft_name(f"{attn}.query.weight") not in arrays
+        state = parts[0].shape[0]
+        bias = arrays[f"{fused}.bias"]
+        assert bias.dtype == np.float32 and bias.shape == (3 * state,)
+        assert np.array_equal(bias[:state], state_dict[f"{attn}.query.bias"].float().numpy())
+        assert not bias[state : 2 * state].any()
+        assert np.array_equal(bias[2 * state :], state_dict[f"{attn}.value.bias"].float().numpy())
     assert DRAFT_EMBEDDING in arrays
     assert not any(name.startswith("encoder.") and name.endswith(".q4_0") for name in arrays)
 
@@ -97,39 +108,6 @@ def test_registry_holds_the_token_embedding_transposed(checkpoint: dict, dtype: 
         assert torch.equal(block_matrix, state["decoder.blocks.0.mlp.0.weight"].to(torch.bfloat16))
     else:
         assert block_matrix.dtype == np.float32
-
-
-@pytest.mark.max
-def test_attend_one_matches_attention(max_backend: Any) -> None:
-    """The draft's single-query attention (multiply-and-sum reductions) against softmax(q k^T / 8) v in numpy."""
-    from max.driver import Buffer
-    from max.dtype import DType
-    from max.graph import DeviceRef, Graph, TensorType
-
-    from max_whisper.backends.whisper_max.layers import attend_one
-
-    rng = np.random.default_rng(384)
-    batch, n_head, head_state, n_keys = 2, 6, 64, int(rng.integers(1, 400))
-    types = [
-        TensorType(DType.float32, [batch, 1, n_head * head_state], DeviceRef.CPU()),
-        TensorType(DType.float32, [batch, n_head, "n_keys", head_state], DeviceRef.CPU()),
-        TensorType(DType.float32, [batch, n_head, head_state, "n_keys"], DeviceRef.CPU()),
-    ]
-    with Graph("test_attend_one", input_types=types) as graph:
-        graph.output(attend_one(*(v.tensor for v in graph.inputs), n_head))
-    model = max_backend.session.load(graph)
-    q = rng.standard_normal((batch, 1, n_head * head_state)).astype(np.float32)
-    k = rng.standard_normal((batch, n_head, n_keys, head_state)).astype(np.float32)
-    v = rng.standard_normal((batch, n_head, n_keys, head_state)).astype(np.float32)
-    got = model.execute(
-        Buffer.from_numpy(q), Buffer.from_numpy(k), Buffer.from_numpy(np.ascontiguousarray(v.transpose(0, 1, 3, 2)))
-    )[0].to_numpy()
-    q_heads = q.reshape(batch, 1, n_head, head_state).transpose(0, 2, 1, 3).astype(np.float64)
-    scores = q_heads @ k.transpose(0, 1, 3, 2) / np.sqrt(head_state)
-    p = np.exp(scores - scores.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    ref = (p @ v).transpose(0, 2, 1, 3).reshape(batch, 1, n_head * head_state)
-    assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 1e-5
 
 
 def _tokens(result: dict) -> list[list[int]]:

@@ -66,7 +66,8 @@ from .weights import DRAFT_EMBEDDING, draft_arrays, float16_panel_arrays, is_flo
 DEVICES = ("cpu", "gpu")
 #: Decoder weight types (the first is the default): float32 is token-identical to the cpu backend.
 DTYPES = ("float32", "bfloat16")
-#: The Mojo package of the max backend's custom ops (the float16-panel products).
+#: The Mojo package of the max backend's custom ops (the CPU plan's: float16-panel products, the
+#: decoder's cross-attention, the draft's attention).
 KERNELS = Path(__file__).parent / "kernels"
 
 #: Slice bounds (the span of new positions) are int64 scalars on the host, whatever the device.
@@ -126,7 +127,8 @@ class GraphPlan:
     def kernels(self) -> bool:
         """Whether the float32 decoder loads the Mojo kernels of ``kernels/`` (the CPU plan's, whose
         graphs run only on the CPU): its cross-attention runs through ``few_query_attention.mojo``
-        (docs/performance.md, entry 42), and with ``panels`` its products through ``half_panels.mojo``."""
+        (docs/performance.md, entry 42), and with ``panels`` its products through ``half_panels.mojo``.
+        The draft, part of the CPU plan only, always attends through ``draft_attention.mojo`` (entry 44)."""
         return self.device == "cpu"
 
     @property
@@ -352,7 +354,7 @@ class MaxWhisperGraphs:
         self.add_draft_weights()
         inputs = [TensorType(DType.int64, ["batch", 1], self.device), SCALAR, SCALAR]
         inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device, layout="draft")
-        with Graph(self._name("whisper_draft"), input_types=inputs) as graph:
+        with Graph(self._name("whisper_draft"), input_types=inputs, custom_extensions=[KERNELS]) as graph:
             token, start, end = (v.tensor for v in graph.inputs[:3])
             caches = KVCache.per_block([v.buffer for v in graph.inputs[3 : 3 + self.n_kv]])
             cross_kv = [v.tensor for v in graph.inputs[3 + self.n_kv :]]

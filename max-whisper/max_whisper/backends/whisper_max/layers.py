@@ -29,7 +29,7 @@ from max.graph import BufferValue, DeviceRef, Graph, TensorType, TensorValue, We
 from max.graph.quantization import QuantizationEncoding
 from whisper.model import ModelDimensions
 
-from .weights import DRAFT_EMBEDDING, TOKEN_EMBEDDING, TOKEN_EMBEDDING_T, draft_name, panels_name
+from .weights import DRAFT_EMBEDDING, TOKEN_EMBEDDING, TOKEN_EMBEDDING_T, draft_name, fused_qkv_name, panels_name
 
 #: openai-whisper's LayerNorm epsilon (torch's default).
 LN_EPS = 1e-5
@@ -191,6 +191,28 @@ def few_query_attention(q: TensorValue, k_t: TensorValue, v: TensorValue) -> Ten
     return ops.custom("few_query_attention", device=q.device, values=[q, k_t, v], out_types=[out_type])[0].tensor
 
 
+def draft_self_attention(qkv: TensorValue, position: TensorValue, cache: KVCache) -> TensorValue:
+    """The draft's self-attention of one new token per row, one op: ``qkv`` (batch, 1, 3 * state)
+    float32 holds its query, key and value side by side; the key and value go into ``cache`` at
+    ``position`` (an int64 scalar), then the query attends over the cache's positions
+    ``[0, position]``, read in place.  The custom op of ``kernels/draft_attention.mojo`` (the graph
+    must load that package).  Returns (batch, 1, state), the heads merged."""
+    batch, n_new, width = qkv.shape
+    out_type = TensorType(DType.float32, [batch, n_new, int(width) // 3], qkv.device)
+    values = [qkv, ops.reshape(position, [1]), cache.keys, cache.values]
+    (out,) = ops.inplace_custom("draft_self_attention", device=qkv.device, values=values, out_types=[out_type])
+    return out.tensor
+
+
+def draft_cross_attention(q: TensorValue, k: TensorValue, v_t: TensorValue) -> TensorValue:
+    """The draft's cross-attention of one new token per row, one op: q (batch, 1, state) float32 over
+    the audio's bfloat16 keys k (batch, head, n_audio_ctx, 64) and values v_t (batch, head, 64,
+    n_audio_ctx), the draft's layouts of the cross K/V.  The custom op of
+    ``kernels/draft_attention.mojo`` (the graph must load that package)."""
+    out_type = TensorType(DType.float32, q.shape, q.device)
+    return ops.custom("draft_cross_attention", device=q.device, values=[q, k, v_t], out_types=[out_type])[0].tensor
+
+
 def as_float32(x: TensorValue) -> TensorValue:
     return x if x.dtype == DType.float32 else ops.cast(x, DType.float32)
 
@@ -263,28 +285,12 @@ def attend(
     return merge_heads(product(ops.softmax(scores, axis=-1), v))
 
 
-def attend_one(q: TensorValue, k: TensorValue, v_t: TensorValue, n_head: int) -> TensorValue:
-    """:func:`attend` for one query row, as multiply-and-sum reductions over the last axis.
-
-    q (batch, 1, state); k (batch, head, n_keys, head_state) from :func:`split_heads`;
-    v_t (batch, head, head_state, n_keys) from :func:`keys_transposed`.  With a single query
-    row MAX's batched matmul reads the keys at a fraction of the memory bandwidth on the CPU;
-    two fused elementwise-product reductions stream them (4x faster for tiny's cross-attention).
-    """
-    batch, _, state = q.shape
-    head_state = int(state) // n_head
-    n_keys = k.shape[2]
-    scores = ops.sum(ops.cast(k, DType.float32) * split_heads(q, n_head), axis=-1)  # (batch, head, n_keys, 1)
-    scores = ops.reshape(scores, [batch, n_head, 1, n_keys]) * (1.0 / math.sqrt(head_state))
-    out = ops.sum(ops.cast(v_t, DType.float32) * ops.softmax(scores, axis=-1), axis=-1)  # (batch, head, head_state, 1)
-    return merge_heads(ops.reshape(out, [batch, n_head, 1, head_state]))
-
-
 def attend_rows(
     q: TensorValue, k: TensorValue, v_t: TensorValue, n_head: int, mask: TensorValue | None = None
 ) -> TensorValue:
-    """:func:`attend_one` for one query row per token row, against keys and values shared by groups
-    of rows (a decoder step of whisper's beams or samples, which read their audio's cross K/V).
+    """Attention of one query row per token row as multiply-and-sum reductions over the last axis,
+    against keys and values shared by groups of rows (a decoder step of whisper's beams or samples,
+    which read their audio's cross K/V).
 
     q (batch, 1, state); k (n_keys_rows, head, n_keys, head_state) and v_t (n_keys_rows, head,
     head_state, n_keys), with batch = n_keys_rows * group (audio-major, as whisper orders beams);
@@ -307,8 +313,8 @@ class KVCache(NamedTuple):
     """One block's self-attention cache: two mutable buffers with room for ``n_text_ctx`` positions.
 
     keys (batch, head, n_text_ctx, head_state), values (batch, head, head_state, n_text_ctx): the
-    layouts :func:`attend_one` takes (the draft decoder's single query row), which the float32
-    decoder's :func:`attend` reads transposed.  A decoder pass writes the keys and values of its
+    layouts :func:`draft_self_attention` reads in place (the draft decoder's single query row), which
+    the float32 decoder's :func:`attend` reads transposed.  A decoder pass writes the keys and values of its
     new tokens in place at positions ``[start, end)`` and attends over ``[0, end)``; positions from
     ``end`` on are never read, so cutting the cache back is only a matter of where the next pass
     starts.
@@ -337,9 +343,11 @@ N_TOTAL = "n_total"
 class MultiHeadAttention:
     """whisper's ``MultiHeadAttention``: ``query``, ``key`` (no bias), ``value``, ``out``.
 
-    ``quantized``: the draft decoder's attention (4-bit ``query`` and ``out``; 4-bit ``key`` and
-    ``value`` too, except in cross-attention, whose keys and values are computed once per window
-    in float32).  The draft feeds one token at a time, so it attends with :func:`attend_one`.
+    ``quantized``: the draft decoder's attention, its products 4-bit: ``out``; in cross-attention
+    ``query`` (whose keys and values are computed once per window in float32); in self-attention
+    ``qkv``, the query, key and value as one product (``weights.fused_qkv_name``).  The draft feeds
+    one token at a time, and each of its attentions is one op: :func:`draft_self_attention` and
+    :func:`draft_cross_attention` (CPU kernels).
     ``panels``: the float32 decoder's products by float16 panels, except the cross-attention keys
     and values (computed once per window, in the encoder graph).  ``few_query``: the float32
     decoder's cross-attention through :func:`few_query_attention` (a CPU kernel).
@@ -358,6 +366,7 @@ class MultiHeadAttention:
         few_query: bool = False,
     ) -> None:
         self.n_head = n_head
+        self.quantized = quantized
         self.one_query = quantized or rowwise
         self.product = product
         self.few_query = few_query
@@ -368,6 +377,8 @@ class MultiHeadAttention:
         self.key = Linear(weights, f"{name}.key", bias=False, quantized=own_kv, panels=kv_panels, **kinds)
         self.value = Linear(weights, f"{name}.value", quantized=own_kv, panels=kv_panels, **kinds)
         self.out = Linear(weights, f"{name}.out", quantized=quantized, panels=panels, **kinds)
+        # the draft's self-attention projects its token once, onto the three stacked (weights.fused_qkv_name)
+        self.qkv = Linear(weights, fused_qkv_name(name), quantized=True) if own_kv else None
 
     def __call__(self, x: TensorValue, mask: TensorValue | None = None) -> TensorValue:
         """Self-attention without a cache (the encoder's)."""
@@ -376,7 +387,8 @@ class MultiHeadAttention:
 
     def key_value(self, x: TensorValue, one_query: bool | None = None) -> tuple[TensorValue, TensorValue]:
         """Keys and values of ``x`` in the head layouts :func:`attend` takes, or with ``one_query``
-        (by default: in the draft decoder) those :func:`attend_one` takes."""
+        (by default in the draft decoder and the decoder step) the cache's layouts (:class:`KVCache`),
+        which the draft's and the step's attention read."""
         if self.one_query if one_query is None else one_query:
             return split_heads(self.key(x), self.n_head), keys_transposed(self.value(x), self.n_head)
         return keys_transposed(self.key(x), self.n_head), split_heads(self.value(x), self.n_head)
@@ -386,7 +398,10 @@ class MultiHeadAttention:
         into ``cache`` at ``span`` first, then the queries attend over positions ``[0, span.end)``.
 
         ``mask`` (n_new, n_total) is additive (causal among the new tokens); None for one new token.
+        The draft's one new token is stored and attends in one op (:func:`draft_self_attention`).
         """
+        if self.qkv is not None:
+            return self.out(draft_self_attention(self.qkv(x), span.start, cache))
         k_new, v_new = self.key_value(x, one_query=True)  # the cache's layouts (see KVCache)
         n_new = x.shape[1]
         new = (slice(span.start, span.end), n_new)
@@ -395,8 +410,6 @@ class MultiHeadAttention:
         held = (slice(0, span.end), N_TOTAL)
         k = ops.slice_tensor(ops.buffer_load(cache.keys), [slice(None), slice(None), held, slice(None)])
         v_t = ops.slice_tensor(ops.buffer_load(cache.values), [slice(None), slice(None), slice(None), held])
-        if self.one_query:
-            return self.out(attend_one(self.query(x), k, v_t, self.n_head))
         k_t, v = ops.transpose(k, 2, 3), ops.transpose(v_t, 2, 3)
         return self.out(attend(self.query(x), k_t, v, self.n_head, mask, self.product))
 
@@ -431,10 +444,11 @@ class MultiHeadAttention:
         rows of ``x`` that decode it: x (n_audio * group, n_new, state), audio-major as whisper's
         ``repeat_interleave`` orders beams and samples.  Each audio's group of rows attends as one
         sequence of group * n_new queries, so beams read the audio's keys and values once.  The
-        draft decoder (one row, one query) takes keys and values with the same batch as ``x``.
+        draft decoder (one query a row, :func:`draft_cross_attention`) takes keys and values with the
+        same batch as ``x``.
         """
-        if self.one_query:
-            return self.out(attend_one(self.query(x), k_audio, v_audio, self.n_head))
+        if self.quantized:
+            return self.out(draft_cross_attention(self.query(x), k_audio, v_audio))
         batch, n_new, state = x.shape
         n_audio = k_audio.shape[0]
         group = batch // n_audio
@@ -683,25 +697,13 @@ class TextDecoder:
         embedding rows (two rows: nothing to read), which undoes most of the 4-bit
         rounding's wrong picks.  ``margin`` (in logits) is how far the guess is ahead of
         the runner-up: small margins are where a guess may differ from the float32 choice.
+        Everything after the 4-bit scores is one op (``kernels/draft_choice.mojo``; the graph must
+        load that package): as MAX ops it was about thirty, each dispatched on its own.
         """
         scores = ops.qmatmul(QuantizationEncoding.Q4_0, None, hidden, self.weights.get(DRAFT_EMBEDDING))
-        text, times = scores[:, :, :timestamp_begin], scores[:, :, timestamp_begin:n_vocab]
-        best_text = ops.max(text, axis=-1)  # (batch, n_rows, 1)
-        # the runner-up as a second max with the best masked out (ops.top_k costs 30x more here)
-        floor = ops.constant(-1e30, DType.float32, self.weights.device)
-        first = ops.argmax(text, axis=-1)
-        second = ops.argmax(ops.where(text >= best_text, floor, text), axis=-1)
-        candidates = ops.concat([first, second], axis=-1)  # (batch, n_rows, 2)
-        rows = self.embedding_rows(candidates)  # (batch, n_rows, 2, state)
-        exact = ops.squeeze(ops.sum(rows * ops.unsqueeze(hidden, 2), axis=-1), -1)  # (batch, n_rows, 2)
-        first_exact, second_exact = exact[:, :, 0:1], exact[:, :, 1:2]
-        text_guess = ops.where(second_exact > first_exact, second, first)
-        text_margin = ops.abs(first_exact - second_exact)
-        best_time = ops.max(times, axis=-1)
-        time_mass = best_time + ops.log(ops.sum(ops.exp(times - best_time), axis=-1))
-        pick_time = time_mass > best_text
-        guess = ops.where(pick_time, ops.argmax(times, axis=-1) + timestamp_begin, text_guess)
-        over_time = best_text - time_mass
-        text_margin = ops.where(text_margin < over_time, text_margin, over_time)
-        margin = ops.where(pick_time, time_mass - best_text, text_margin)
-        return ops.squeeze(guess, -1), ops.squeeze(margin, -1)
+        batch, n_rows, _ = hidden.shape
+        out_types = [TensorType(dtype, [batch, n_rows], hidden.device) for dtype in (DType.int64, DType.float32)]
+        values = [scores, hidden, self.weights.get(TOKEN_EMBEDDING_T)]
+        parameters = {"timestamp_begin": timestamp_begin, "n_vocab": n_vocab}
+        guess, margin = ops.custom("draft_choice", hidden.device, values, out_types, parameters=parameters)
+        return guess.tensor, margin.tensor

@@ -8,7 +8,8 @@ held transposed (:data:`TOKEN_EMBEDDING_T`). Where the plan has a draft decoder
 speculative greedy decoder uses to guess the next tokens: a 4-bit (GGML
 ``Q4_0``) copy of the token embedding (:data:`DRAFT_EMBEDDING`, 11 MB to read
 instead of 80 MB) and of every matrix of the decoder blocks (name + ``.q4_0``,
-:func:`draft_name`; 4.6 MB instead of 33 MB for tiny).  Guesses only decide
+:func:`draft_name`; 4.6 MB instead of 33 MB for tiny), the self-attention's query, key
+and value stacked as one (:func:`fused_qkv_name`).  Guesses only decide
 what is computed ahead; every logit whisper sees comes from the float32 weights.
 """
 
@@ -47,15 +48,20 @@ def draft_name(name: str) -> str:
 
 
 def is_draft_matrix(name: str) -> bool:
-    """Whether the draft decoder reads a 4-bit copy of ``name``: the matrices of the decoder blocks
-    that run for every token (the cross-attention keys and values are computed once per window)."""
-    return (
-        name.startswith("decoder.blocks.")
-        and name.endswith(".weight")
-        and ".cross_attn.key." not in name
-        and ".cross_attn.value." not in name
-        and not name.split(".")[-2].endswith("ln")
-    )
+    """Whether the draft decoder reads a 4-bit copy of ``name`` on its own: the matrices of the decoder
+    blocks that run for every token (the cross-attention keys and values are computed once per
+    window), except the self-attention's query, key and value, which it reads stacked
+    (:func:`fused_qkv_name`)."""
+    return is_decoder_matrix(name) and not any(f".attn.{m}." in name for m in ("query", "key", "value"))
+
+
+def fused_qkv_name(attn: str) -> str:
+    """Name of the draft's fused projection of the self-attention ``attn`` (``decoder.blocks.0.attn``
+    ...): ``<name>.weight`` is its query, key and value matrices stacked, (3 * state, state), held only
+    as a 4-bit copy (:func:`draft_name`); ``<name>.bias`` their biases (the key has none: zeros).  One
+    product for the three makes a draft step two products and an addition shorter per block
+    (docs/performance.md, entry 44)."""
+    return f"{attn}.qkv"
 
 
 def is_decoder_matrix(name: str) -> bool:
@@ -154,7 +160,8 @@ def float16_panel_arrays(state_dict: dict[str, torch.Tensor]) -> dict[str, np.nd
 
 def draft_arrays(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
     """The draft decoder's weights made from the registry ``arrays``: the 4-bit copies of the token
-    embedding (:data:`DRAFT_EMBEDDING`) and of the blocks' matrices (:func:`draft_name`)."""
+    embedding (:data:`DRAFT_EMBEDDING`) and of the blocks' matrices (:func:`draft_name`), each
+    self-attention's query, key and value stacked into one with their biases (:func:`fused_qkv_name`)."""
 
     def float32(value: Any) -> np.ndarray:
         return value.float().numpy() if isinstance(value, torch.Tensor) else value
@@ -162,6 +169,13 @@ def draft_arrays(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
     draft = {DRAFT_EMBEDDING: draft_embedding(float32(arrays[TOKEN_EMBEDDING_T]).T)}
     for name in [n for n in arrays if is_draft_matrix(n)]:
         draft[draft_name(name)] = quantize_q4_0(float32(arrays[name]))
+    for attn in [n.removesuffix(".query.weight") for n in arrays if is_decoder_matrix(n) and ".attn.query." in n]:
+        query, key, value = (float32(arrays[f"{attn}.{m}.weight"]) for m in ("query", "key", "value"))
+        fused = fused_qkv_name(attn)
+        draft[draft_name(f"{fused}.weight")] = quantize_q4_0(np.concatenate([query, key, value]))
+        no_bias = np.zeros(key.shape[0], dtype=np.float32)
+        biases = [float32(arrays[f"{attn}.query.bias"]), no_bias, float32(arrays[f"{attn}.value.bias"])]
+        draft[f"{fused}.bias"] = np.concatenate(biases).astype(np.float32)
     return draft
 
 
