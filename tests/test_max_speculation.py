@@ -41,6 +41,17 @@ def test_q4_0_round_trip_error_is_within_one_step() -> None:
     assert np.median(error / step) < 0.3
 
 
+@pytest.mark.parametrize("rows_at_once", [1, 7, 64])
+def test_q4_0_by_row_chunks_matches_the_whole_matrix_at_once(rows_at_once: int) -> None:
+    """The quantizer works ``rows_at_once`` rows at a time (a bound on its temporaries): every chunk
+    size, one that leaves a partial last chunk included, packs the same bytes as one chunk."""
+    weight = np.random.default_rng(64).standard_normal((50, 96)).astype(np.float32)
+    weight[3, 32:64] = 0.0  # a block of zeros: scale 0, every q = 8
+    whole = quantize_q4_0(weight, rows_at_once=len(weight))
+    assert np.array_equal(quantize_q4_0(weight, rows_at_once=rows_at_once), whole)
+    assert np.array_equal(quantize_q4_0(weight.T.copy().T, rows_at_once=rows_at_once), whole), "a strided view"
+
+
 def test_draft_embedding_pads_rows_with_the_last_token() -> None:
     embedding = np.random.default_rng(70).standard_normal((70, 64)).astype(np.float32)
     packed = draft_embedding(embedding)

@@ -128,7 +128,8 @@ class GraphPlan:
         """Whether the float32 decoder loads the Mojo kernels of ``kernels/`` (the CPU plan's, whose
         graphs run only on the CPU): its cross-attention runs through ``few_query_attention.mojo``
         (docs/performance.md, entry 42), and with ``panels`` its products through ``half_panels.mojo``.
-        The draft, part of the CPU plan only, always attends through ``draft_attention.mojo`` (entry 44)."""
+        The draft, part of the CPU plan only, always attends through ``draft_attention.mojo`` and picks
+        its guesses through ``draft_choice.mojo`` (entry 44)."""
         return self.device == "cpu"
 
     @property

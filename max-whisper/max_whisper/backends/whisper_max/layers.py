@@ -377,7 +377,8 @@ class MultiHeadAttention:
         self.key = Linear(weights, f"{name}.key", bias=False, quantized=own_kv, panels=kv_panels, **kinds)
         self.value = Linear(weights, f"{name}.value", quantized=own_kv, panels=kv_panels, **kinds)
         self.out = Linear(weights, f"{name}.out", quantized=quantized, panels=panels, **kinds)
-        # the draft's self-attention projects its token once, onto the three stacked (weights.fused_qkv_name)
+        # the draft's self-attention projects its token once, onto the three stacked (weights.fused_qkv_name);
+        # its query, key and value above are then never called (the draft has no 4-bit copies of them)
         self.qkv = Linear(weights, fused_qkv_name(name), quantized=True) if own_kv else None
 
     def __call__(self, x: TensorValue, mask: TensorValue | None = None) -> TensorValue:
@@ -698,7 +699,7 @@ class TextDecoder:
         rounding's wrong picks.  ``margin`` (in logits) is how far the guess is ahead of
         the runner-up: small margins are where a guess may differ from the float32 choice.
         Everything after the 4-bit scores is one op (``kernels/draft_choice.mojo``; the graph must
-        load that package): as MAX ops it was about thirty, each dispatched on its own.
+        load that package); as MAX ops it would be about thirty, each dispatched on its own.
         """
         scores = ops.qmatmul(QuantizationEncoding.Q4_0, None, hidden, self.weights.get(DRAFT_EMBEDDING))
         batch, n_rows, _ = hidden.shape

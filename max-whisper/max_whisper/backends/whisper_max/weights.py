@@ -186,28 +186,33 @@ def draft_embedding(embedding: np.ndarray) -> np.ndarray:
     first of equal scores, so a guess never lands on a padding row.
     """
     pad = (-embedding.shape[0]) % Q4_0_ROW_MULTIPLE
-    padded = np.concatenate([embedding, np.repeat(embedding[-1:], pad, axis=0)])
-    return quantize_q4_0(padded)
+    return np.concatenate([quantize_q4_0(embedding), quantize_q4_0(np.repeat(embedding[-1:], pad, axis=0))])
 
 
-def quantize_q4_0(weight: np.ndarray) -> np.ndarray:
+def quantize_q4_0(weight: np.ndarray, rows_at_once: int = 4096) -> np.ndarray:
     """GGML Q4_0 of a (rows, cols) matrix, cols a multiple of 32 -> (rows, cols / 32 * 18) uint8.
 
     Each block of 32 values x: scale d = (value of largest magnitude) / -8, stored
     as float16, then 16 bytes whose low nibbles hold q[0..15] and high nibbles
     q[16..31], q = clamp(round(x / d) + 8, 0, 15), so x ~= (q - 8) * d.
+    Rows are quantized ``rows_at_once`` at a time, so the float32 temporaries stay a few MB
+    (the whole token embedding at once would need four of 80 MB each, on top of a loaded process).
     """
     rows, cols = weight.shape
     if cols % Q4_0_BLOCK:
         raise ValueError(f"Q4_0 needs a multiple of {Q4_0_BLOCK} columns, got {cols}")
-    blocks = weight.reshape(rows, cols // Q4_0_BLOCK, Q4_0_BLOCK).astype(np.float32)
-    largest = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)[..., 0]
-    scale = largest / -8.0
-    inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
-    q = np.clip(np.floor(blocks * inverse[..., None] + 8.5), 0, 15).astype(np.uint8)
-    packed = q[..., :16] | (q[..., 16:] << 4)
-    scale_bytes = scale.astype(np.float16).view(np.uint8).reshape(rows, cols // Q4_0_BLOCK, 2)
-    return np.ascontiguousarray(np.concatenate([scale_bytes, packed], axis=-1).reshape(rows, -1))
+    n_blocks = cols // Q4_0_BLOCK
+    packed = np.empty((rows, n_blocks, 2 + Q4_0_BLOCK // 2), dtype=np.uint8)
+    for start in range(0, rows, rows_at_once):
+        end = min(start + rows_at_once, rows)
+        blocks = weight[start:end].reshape(end - start, n_blocks, Q4_0_BLOCK).astype(np.float32)
+        largest = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)[..., 0]
+        scale = largest / -8.0
+        inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+        q = np.clip(np.floor(blocks * inverse[..., None] + 8.5), 0, 15).astype(np.uint8)
+        packed[start:end, :, :2] = scale.astype(np.float16).view(np.uint8).reshape(end - start, n_blocks, 2)
+        packed[start:end, :, 2:] = q[..., :16] | (q[..., 16:] << 4)
+    return packed.reshape(rows, n_blocks * (2 + Q4_0_BLOCK // 2))
 
 
 def dequantize_q4_0(packed: np.ndarray, cols: int) -> np.ndarray:
