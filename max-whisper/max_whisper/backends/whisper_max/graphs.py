@@ -125,9 +125,10 @@ class GraphPlan:
 
     @property
     def kernels(self) -> bool:
-        """Whether the float32 decoder loads the Mojo kernels of ``kernels/`` (the CPU plan's, whose
-        graphs run only on the CPU): its cross-attention runs through ``few_query_attention.mojo``
-        (docs/performance.md, entry 42), and with ``panels`` its products through ``half_panels.mojo``.
+        """Whether the encoder and the float32 decoder load the Mojo kernels of ``kernels/`` (the CPU
+        plan's, whose graphs run only on the CPU): the encoder's self-attention runs through
+        ``encoder_attention.mojo`` (docs/performance.md, entry 44), the decoder's cross-attention through
+        ``few_query_attention.mojo`` (entry 42), and with ``panels`` its products through ``half_panels.mojo``.
         The draft, part of the CPU plan only, always attends through ``draft_attention.mojo`` and picks
         its guesses through ``draft_choice.mojo`` (entry 44)."""
         return self.device == "cpu"
@@ -222,7 +223,7 @@ class MaxWhisperGraphs:
         self.plan = plan
         self.device = weights.device
         product = plan.product  # the encoder and the decoder pass multiply alike
-        self.encoder = AudioEncoder(weights, dims, product=product)
+        self.encoder = AudioEncoder(weights, dims, product=product, fused=plan.kernels)
         self.decoder = TextDecoder(weights, dims, product=product, panels=plan.panels, few_query=plan.kernels)
         self.draft_decoder = TextDecoder(weights, dims, quantized=True) if plan.draft else None
         self.step_decoder = TextDecoder(weights, dims, rowwise=True) if plan.step else None
@@ -269,7 +270,8 @@ class MaxWhisperGraphs:
         """log-mel -> (audio features, cross K/V..., draft cross K/V...)."""
         d = self.dims
         mel = TensorType(DType.float32, ["batch", d.n_mels, 2 * d.n_audio_ctx], self.device)
-        with Graph("whisper_encoder", input_types=[mel]) as graph:
+        kernels = [KERNELS] if self.plan.kernels else []
+        with Graph("whisper_encoder", input_types=[mel], custom_extensions=kernels) as graph:
             audio_features = self.encoder(graph.inputs[0].tensor)
             graph.output(audio_features, *self.cross_kv(audio_features))
         return graph

@@ -191,6 +191,17 @@ def few_query_attention(q: TensorValue, k_t: TensorValue, v: TensorValue) -> Ten
     return ops.custom("few_query_attention", device=q.device, values=[q, k_t, v], out_types=[out_type])[0].tensor
 
 
+def encoder_attention(q: TensorValue, k: TensorValue, v: TensorValue, n_head: int) -> TensorValue:
+    """softmax(q k^T / 8) v per 64-wide head, no mask, for q, k, v (batch, ctx, state): the encoder's
+    self-attention as the custom op of ``kernels/encoder_attention.mojo`` (the graph must load that
+    package), which keeps each chunk of scores in cache instead of writing every head's scores to
+    memory.  It takes the queries transposed (a vector holds several queries) and the keys and values
+    split into heads, as dense row-major arrays.  Returns (batch, ctx, state), the heads merged."""
+    values = [keys_transposed(q, n_head), split_heads(k, n_head), split_heads(v, n_head)]
+    out_type = TensorType(DType.float32, q.shape, q.device)
+    return ops.custom("encoder_attention", device=q.device, values=values, out_types=[out_type])[0].tensor
+
+
 def draft_self_attention(qkv: TensorValue, position: TensorValue, cache: KVCache) -> TensorValue:
     """The draft's self-attention of one new token per row, one op: ``qkv`` (batch, 1, 3 * state)
     float32 holds its query, key and value side by side; the key and value go into ``cache`` at
@@ -350,7 +361,8 @@ class MultiHeadAttention:
     :func:`draft_cross_attention` (CPU kernels).
     ``panels``: the float32 decoder's products by float16 panels, except the cross-attention keys
     and values (computed once per window, in the encoder graph).  ``few_query``: the float32
-    decoder's cross-attention through :func:`few_query_attention` (a CPU kernel).
+    decoder's cross-attention through :func:`few_query_attention` (a CPU kernel).  ``fused``: the
+    encoder's self-attention through :func:`encoder_attention` (a CPU kernel).
     """
 
     def __init__(
@@ -364,9 +376,11 @@ class MultiHeadAttention:
         product: Product = MATMUL,
         panels: bool = False,
         few_query: bool = False,
+        fused: bool = False,
     ) -> None:
         self.n_head = n_head
         self.quantized = quantized
+        self.fused = fused
         self.one_query = quantized or rowwise
         self.product = product
         self.few_query = few_query
@@ -383,6 +397,8 @@ class MultiHeadAttention:
 
     def __call__(self, x: TensorValue, mask: TensorValue | None = None) -> TensorValue:
         """Self-attention without a cache (the encoder's)."""
+        if self.fused and mask is None:
+            return self.out(encoder_attention(self.query(x), self.key(x), self.value(x), self.n_head))
         k_t, v = self.key_value(x)
         return self.out(attend(self.query(x), k_t, v, self.n_head, mask, self.product))
 
@@ -474,9 +490,10 @@ class ResidualAttentionBlock:
         product: Product = MATMUL,
         panels: bool = False,
         few_query: bool = False,
+        fused: bool = False,
     ) -> None:
         kinds = {"rowwise": rowwise, "product": product, "panels": panels}
-        self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized, **kinds)
+        self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized, fused=fused, **kinds)
         self.attn_ln = LayerNorm(weights, f"{name}.attn_ln")
         self.cross_attn = (
             MultiHeadAttention(
@@ -549,15 +566,18 @@ class Conv1d:
 
 class AudioEncoder:
     """whisper's ``AudioEncoder``: conv1, conv2, positional embedding, blocks, ``ln_post``;
-    ``product`` multiplies its matrices (:class:`Product`)."""
+    ``product`` multiplies its matrices (:class:`Product`); ``fused``: the blocks' self-attention
+    through :func:`encoder_attention` (a CPU kernel; the graph must load ``kernels/``)."""
 
-    def __init__(self, weights: WeightSource, dims: ModelDimensions, product: Product = MATMUL) -> None:
+    def __init__(
+        self, weights: WeightSource, dims: ModelDimensions, product: Product = MATMUL, fused: bool = False
+    ) -> None:
         self.weights = weights
         self.conv1 = Conv1d(weights, "encoder.conv1", stride=1, product=product)
         self.conv2 = Conv1d(weights, "encoder.conv2", stride=2, product=product)
         self.blocks = [
             ResidualAttentionBlock(
-                weights, f"encoder.blocks.{i}", dims.n_audio_head, cross_attention=False, product=product
+                weights, f"encoder.blocks.{i}", dims.n_audio_head, cross_attention=False, product=product, fused=fused
             )
             for i in range(dims.n_audio_layer)
         ]
