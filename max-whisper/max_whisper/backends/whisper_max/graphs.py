@@ -134,6 +134,11 @@ class GraphPlan:
         return self.device == "cpu"
 
     @property
+    def extensions(self) -> list[Path]:
+        """The custom extensions of the graphs that use :attr:`kernels` (the encoder, the decoder)."""
+        return [KERNELS] if self.kernels else []
+
+    @property
     def step(self) -> bool:
         """Whether single-token passes run the fixed-shape ``decoder_step`` graph (the GPU plan)."""
         return self.device == "gpu"
@@ -270,8 +275,7 @@ class MaxWhisperGraphs:
         """log-mel -> (audio features, cross K/V..., draft cross K/V...)."""
         d = self.dims
         mel = TensorType(DType.float32, ["batch", d.n_mels, 2 * d.n_audio_ctx], self.device)
-        kernels = [KERNELS] if self.plan.kernels else []
-        with Graph("whisper_encoder", input_types=[mel], custom_extensions=kernels) as graph:
+        with Graph("whisper_encoder", input_types=[mel], custom_extensions=self.plan.extensions) as graph:
             audio_features = self.encoder(graph.inputs[0].tensor)
             graph.output(audio_features, *self.cross_kv(audio_features))
         return graph
@@ -308,8 +312,7 @@ class MaxWhisperGraphs:
             TensorType(DType.int64, ["n_rows"], self.device),  # rows whose logits are returned
         ]
         inputs += cache_types(self.dims, self.device) + cross_kv_types(self.dims, self.device)
-        kernels = [KERNELS] if self.plan.kernels else []
-        with Graph(self._name("whisper_decoder"), input_types=inputs, custom_extensions=kernels) as graph:
+        with Graph(self._name("whisper_decoder"), input_types=inputs, custom_extensions=self.plan.extensions) as graph:
             tokens, start, end, mask, rows = (v.tensor for v in graph.inputs[:5])
             caches = KVCache.per_block([v.buffer for v in graph.inputs[5 : 5 + self.n_kv]])
             cross_kv = [v.tensor for v in graph.inputs[5 + self.n_kv :]]
