@@ -4,8 +4,10 @@ A decoder pass has a few new tokens against the audio's keys; the kernel keeps a
 chunks of 256 keys, so it is checked against float64 attention with key counts below one vector, one
 that ends in a partial vector, one that spans several chunks and ends mid-chunk (the audio's 1500),
 with query counts that fill the kernel's five-row block or end in a partial one (whose missing rows
-it skips), and with several audio rows. Scores are drawn large enough that the running maximum moves
-from chunk to chunk.
+it skips), and with several audio rows. From 64 queries (a prompt's pass) the op scores blocks of one
+query a vector lane instead (``kernels/lanes_attention.mojo``): checked at exactly 64, at a prompt's 225
+(a last block of one query), with two audio rows and a partial last block, and with fewer keys than one
+group of 16. Scores are drawn large enough that the running maximum moves from chunk to chunk.
 The end-to-end tests run the session's tiny.en backend, whose float32 decoder attends through it.
 """
 
@@ -49,7 +51,18 @@ def attention_graph(max_report: Any) -> Any:
 
 @pytest.mark.parametrize(
     ("n_audio", "n_query", "n_key"),
-    [(1, 1, 5), (1, 5, 37), (1, 5, 1500), (1, 17, 1500), (2, 3, 700), (1, 12, 256)],
+    [
+        (1, 1, 5),
+        (1, 5, 37),
+        (1, 5, 1500),
+        (1, 17, 1500),
+        (2, 3, 700),
+        (1, 12, 256),
+        (1, 64, 1500),
+        (1, 225, 1500),
+        (2, 70, 300),
+        (1, 100, 9),
+    ],
 )
 def test_the_kernel_matches_float64_attention(
     attention_graph: Any, max_report: Any, n_audio: int, n_query: int, n_key: int

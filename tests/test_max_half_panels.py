@@ -4,8 +4,9 @@ Every value of openai-whisper's checkpoints (and of the embedded tiny.en) is a f
 float16 copy of the token embedding and of the blocks' matrices is the float32 model, in half the
 bytes. Checked here: the panel layout (column n at ``panels[n // 16, :, n % 16]``), that the plan takes
 the panels only where every copy is exact, and the custom op itself against float64 on seeded
-inputs, with row counts that fill the kernel's five-row register block, leave a remainder, and a
-width whose last panel is partial. The
+inputs, with row counts that fill the kernel's register block (12 rows with AVX-512, 5 with AVX2),
+leave a remainder of each kind (every remainder size has a block of its own), a prompt's 225 rows, and
+a width whose last panel is partial. The
 end-to-end tests (``test_max_e2e.py``, ``test_max_compile.py``) run the session's tiny.en backend,
 which reads the panels: its tokens are compared with the cpu backend's in every decoding mode.
 """
@@ -110,7 +111,7 @@ def panels_graph(max_report: Any) -> Any:
     return model
 
 
-@pytest.mark.parametrize(("batch", "rows"), [(1, 1), (5, 1), (1, 7), (1, 17), (3, 4)])
+@pytest.mark.parametrize(("batch", "rows"), [(1, 1), (5, 1), (1, 7), (1, 17), (3, 4), (1, 225)])
 def test_the_kernel_multiplies_float32_rows_by_float16_panels(
     panels_graph: Any, max_report: Any, batch: int, rows: int
 ) -> None:

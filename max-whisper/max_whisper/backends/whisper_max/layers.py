@@ -185,7 +185,8 @@ def few_query_attention(q: TensorValue, k_t: TensorValue, v: TensorValue) -> Ten
     """softmax(q k^T / 8) v per 64-wide head for float32 q (batch, n_query, state) over k_t (batch, head,
     64, n_keys) and v (batch, head, n_keys, 64): the custom op of ``kernels/few_query_attention.mojo``
     (the graph must load that package), which streams each head's keys and values once per five query
-    rows.  Returns (batch, n_query, state), the heads merged; the kernel reads its inputs as dense
+    rows, and from 64 queries (a prompt's pass) once per vector of queries (``kernels/lanes_attention.mojo``,
+    the encoder attention's blocks).  Returns (batch, n_query, state), the heads merged; the kernel reads its inputs as dense
     row-major arrays."""
     out_type = TensorType(DType.float32, q.shape, q.device)
     return ops.custom("few_query_attention", device=q.device, values=[q, k_t, v], out_types=[out_type])[0].tensor

@@ -3,32 +3,18 @@
 At 1500 x 1500 per head, MAX 26.7's path (a batched matmul for the scores, a softmax, a batched matmul
 for the values) writes the 54 MB of scores of six heads to memory and reads them back twice, and its
 scores product, only 64 deep, runs well below the matmul rate (docs/performance.md, entry 44). This op
-keeps a chunk of scores in the L1 cache instead, with the queries across the vector lanes: one vector
-holds W queries' values of one head dimension (the queries come in transposed, so each is one load),
-each key's 64 values are broadcast from the key's own row (a sequential stream), and the softmax's
-maximum and sums are taken lane by lane. A running softmax over chunks of keys (a running maximum and
-sum, the output rescaled when the maximum grows) adds each chunk's values while they are in cache.
-Every product and sum is float32.
+runs ``lanes_attention.attend_lanes`` instead, which keeps a chunk of scores in the L1 cache, on blocks
+of W queries (the queries come in transposed, so a block's values of one head dimension are one load)
+against the keys' own rows (a sequential stream).
 """
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
-from std.math import ceildiv, exp, sqrt
-from std.sys import simd_width_of
+from std.math import ceildiv, sqrt
 
-comptime HEAD = 64
-"""The head width this kernel is written for (every Whisper model's)."""
-comptime W = simd_width_of[DType.float32]()
-"""float32 lanes per vector: the CPU's own width (16 with AVX-512, 8 with AVX2), the queries a work item
-takes."""
-comptime CHUNK = 256
-"""Keys per chunk of the running softmax: the chunk's scores, one vector a key, stay in the L1 cache."""
-comptime KEYS = 16
-"""Keys scored at once, one accumulator vector each (then 16 head dimensions at once for the values)."""
-comptime FLOOR = Float32(3.0e38)
-"""Below every score: the running maximum's start."""
+from .lanes_attention import HEAD, W, attend_lanes
 
 
 @extensibility.register("encoder_attention")
@@ -84,62 +70,8 @@ struct EncoderAttention:
                     for i in range(n_rows):
                         part[i] = queries[d * n_query + i0 + i] * scale
                     q[d] = part
-            # scores[j]: key j of the chunk against every query of the block (then its probabilities)
-            var scores = Array[SIMD[DType.float32, W], CHUNK](fill=0)
-            # out[d]: dimension d of the block's outputs, one lane a query, before the softmax's division
-            var out = Array[SIMD[DType.float32, W], HEAD](fill=0)
-            var top = SIMD[DType.float32, W](-FLOOR)
-            var total = SIMD[DType.float32, W](0)
-            var j0 = 0
-            while j0 < n_key:
-                var width = min(CHUNK, n_key - j0)
-                var j = 0
-                while j + KEYS <= width:  # KEYS keys in KEYS accumulators
-                    var acc = Array[SIMD[DType.float32, W], KEYS](fill=0)
-                    var rows = keys + (j0 + j) * HEAD
-                    for d in range(HEAD):
-                        var qd = q[d]
-                        comptime for key in range(KEYS):
-                            acc[key] = SIMD[DType.float32, W](rows[key * HEAD + d]).fma(qd, acc[key])
-                    comptime for key in range(KEYS):
-                        scores[j + key] = acc[key]
-                    j += KEYS
-                while j < width:  # the last few keys, one at a time
-                    var acc = SIMD[DType.float32, W](0)
-                    var row = keys + (j0 + j) * HEAD
-                    for d in range(HEAD):
-                        acc = SIMD[DType.float32, W](row[d]).fma(q[d], acc)
-                    scores[j] = acc
-                    j += 1
-                # the running softmax, lane by lane: the chunk's probabilities against the new maximum
-                var new_top = top
-                for i in range(width):
-                    new_top = max(new_top, scores[i])
-                var factor = exp(top - new_top)
-                top = new_top
-                var sum = SIMD[DType.float32, W](0)
-                for i in range(width):
-                    var p = exp(scores[i] - new_top)
-                    scores[i] = p
-                    sum += p
-                total = total * factor + sum
-                # the chunk's values, KEYS head dimensions at a time in KEYS accumulators
-                comptime for g in range(HEAD // KEYS):
-                    var acc = Array[SIMD[DType.float32, W], KEYS](fill=0)
-                    comptime for dd in range(KEYS):
-                        acc[dd] = out[g * KEYS + dd] * factor
-                    for i in range(width):
-                        var p = scores[i]
-                        var row = values + (j0 + i) * HEAD + g * KEYS
-                        comptime for dd in range(KEYS):
-                            acc[dd] = SIMD[DType.float32, W](row[dd]).fma(p, acc[dd])
-                    comptime for dd in range(KEYS):
-                        out[g * KEYS + dd] = acc[dd]
-                j0 += CHUNK
-            var inverse = 1.0 / total
-            for d in range(HEAD):
-                var o = out[d] * inverse
-                for i in range(n_rows):
-                    yp[(batch * n_query + i0 + i) * state + head * HEAD + d] = o[i]
+            attend_lanes[keys_transposed=False](
+                q, keys, values, n_key, yp + (batch * n_query + i0) * state + head * HEAD, state, n_rows
+            )
 
         sync_parallelize(task, n_batch * n_head * blocks)

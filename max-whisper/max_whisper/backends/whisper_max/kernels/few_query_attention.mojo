@@ -9,6 +9,10 @@ chunk's values are added to the output while they are in cache. Each chunk's key
 the transposed keys, 6 KB apart, so the next chunk's are prefetched while this one is scored (in a
 decoder pass they come from memory, not cache: docs/performance.md, entry 43). Every product and sum
 is float32.
+
+A prompt's pass has many queries (up to 225 a window), which this row tiling scores well below the
+matmul rate. From MANY queries on, the op runs ``lanes_attention.attend_lanes`` instead, on blocks of
+W queries, one a vector lane (docs/performance.md, entry 45).
 """
 
 import extensibility
@@ -16,23 +20,18 @@ from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import ceildiv, exp, sqrt
-from std.sys import simd_width_of
 from std.sys.intrinsics import PrefetchOptions, prefetch
+
+from .lanes_attention import CHUNK, FLOOR, HEAD, W, attend_lanes
 
 comptime ROWS = 5
 """Query rows per work item, each with its own scores and output in the item's scratch."""
-comptime CHUNK = 256
-"""Keys per chunk of the running softmax: the chunk's scores stay in the L1 cache."""
-comptime HEAD = 64
-"""The head width this kernel is written for (every Whisper model's)."""
-comptime W = simd_width_of[DType.float32]()
-"""float32 lanes per vector: the CPU's own width (16 with AVX-512, 8 with AVX2)."""
+comptime MANY = 64
+"""Queries per audio from which the op runs W-query blocks (``attend_lanes``) instead of ROWS-row blocks."""
 comptime GROUPS = HEAD // W
 """Vectors per row of a head."""
 comptime VECTORS = CHUNK // W
 """Vectors of scores per row and chunk."""
-comptime FLOOR = Float32(3.0e38)
-"""Below every score: the running maximum's start, and the score of a key past the last."""
 
 
 @extensibility.register("few_query_attention")
@@ -65,6 +64,37 @@ struct FewQueryAttention:
         var state = n_head * HEAD
         var row_blocks = ceildiv(n_query, ROWS)
         var scale = Float32(1.0 / sqrt(Float64(HEAD)))
+        if n_query >= MANY:
+            var blocks = ceildiv(n_query, W)
+
+            def lanes_task(t: Int) {
+                imm qp, imm kp, imm vp, imm yp, imm n_query, imm n_head, imm n_key, imm state, imm blocks, imm scale
+            }:
+                var block = t % blocks
+                var head = (t // blocks) % n_head
+                var audio = t // (blocks * n_head)
+                var i0 = block * W
+                var n_rows = min(W, n_query - i0)  # the last block may hold fewer queries: its other lanes are 0
+                var first = qp + (audio * n_query + i0) * state + head * HEAD
+                # q[d]: dimension d of the block's queries, one lane a query, already scaled
+                var q = Array[SIMD[DType.float32, W], HEAD](fill=0)
+                for d in range(HEAD):
+                    var part = SIMD[DType.float32, W](0)
+                    for i in range(n_rows):
+                        part[i] = first[i * state + d]
+                    q[d] = part * scale
+                attend_lanes[keys_transposed=True](
+                    q,
+                    kp + (audio * n_head + head) * HEAD * n_key,
+                    vp + (audio * n_head + head) * n_key * HEAD,
+                    n_key,
+                    yp + (audio * n_query + i0) * state + head * HEAD,
+                    state,
+                    n_rows,
+                )
+
+            sync_parallelize(lanes_task, n_audio * n_head * blocks)
+            return
 
         def task(t: Int) {
             imm qp, imm kp, imm vp, imm yp, imm n_query, imm n_head, imm n_key, imm state, imm row_blocks, imm scale
