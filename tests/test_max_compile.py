@@ -201,18 +201,19 @@ def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) 
     # every product of the others is split (layers.SplitProduct; bfloat16 weights are widened first): each of
     # the CPU plan's matmuls is there once, its two operands each cast to bfloat16 for the split, and so are
     # the attention products that the CPU plan runs in its kernels (the encoder's self-attention, the
-    # decoder's cross-attention)
+    # decoder's self-attention over its cache and its cross-attention)
     cpu_plan = GraphPlan("cpu")
     cpu_arrays = plan_arrays(checkpoint["model_state_dict"], cpu_plan)
     cpu_graphs = MaxWhisperGraphs(graphs.dims, WeightSource(cpu_arrays, cpu_plan.device_ref), 50363, cpu_plan)
-    assert "few_query_attention" not in str(built["decoder"]) and "encoder_attention" not in str(built["encoder"])
+    kernel_ops = ("few_query_attention", "cached_attention", "encoder_attention")
+    assert not any(op in str(built[name]) for op in kernel_ops for name in ("encoder", "decoder"))
     for name in ("encoder", "cross_kv", "decoder"):
         lines = str(built[name]).splitlines()
         matmuls = sum("matmul" in line for line in lines)
         splits = sum("mo.cast" in line and re.search(r"-> !mo\.tensor<[^>]*bf16", line) is not None for line in lines)
         cpu_text = str(cpu_graphs.build(name))
         # scores and values, per attention in a kernel
-        in_kernel = 2 * (cpu_text.count("few_query_attention") + cpu_text.count("encoder_attention"))
+        in_kernel = 2 * sum(cpu_text.count(op) for op in kernel_ops)
         assert name != "cross_kv" or not in_kernel
         assert matmuls == cpu_text.count("matmul") + in_kernel, f"{name}: matmuls added or lost"
         assert splits == 2 * matmuls, f"{name}: {splits} bfloat16 splits for {matmuls} matmuls"

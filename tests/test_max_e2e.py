@@ -97,13 +97,14 @@ def first_difference(ours: dict[str, Any], ref: dict[str, Any]) -> str:
 
 def test_the_session_backend_reads_float16_panels(max_backend: Any) -> None:
     """The tokens compared in this file come from a decoder whose products read float16 panels (the
-    embedded tiny.en is float16-exact) and whose cross-attention runs through the few-query kernel; the
-    float32 products stay covered by test_max_shapes.py's random checkpoints."""
+    embedded tiny.en is float16-exact) and whose attention runs through the CPU kernels (over the cache
+    and over the audio); the float32 products stay covered by test_max_shapes.py's random checkpoints."""
     from max_whisper.backends.whisper_max.weights import TOKEN_EMBEDDING, panels_name
 
     assert max_backend.plan.panels and panels_name(TOKEN_EMBEDDING) in max_backend.weights.arrays
     decoder = str(max_backend.models.graphs.build("decoder"))
     assert decoder.count("few_query_attention") >= max_backend.dims.n_text_layer
+    assert decoder.count("cached_attention") >= max_backend.dims.n_text_layer
 
 
 @pytest.mark.parametrize("clip", GREEDY_CLIPS)

@@ -127,8 +127,9 @@ class GraphPlan:
     def kernels(self) -> bool:
         """Whether the encoder and the float32 decoder load the Mojo kernels of ``kernels/`` (the CPU
         plan's, whose graphs run only on the CPU): the encoder's self-attention runs through
-        ``encoder_attention.mojo`` (docs/performance.md, entry 44), the decoder's cross-attention through
-        ``few_query_attention.mojo`` (entry 42), and with ``panels`` its products through ``half_panels.mojo``.
+        ``encoder_attention.mojo`` (docs/performance.md, entry 44), the decoder's self-attention over its cache
+        through ``cached_attention.mojo`` (entry 45), its cross-attention through ``few_query_attention.mojo``
+        (entry 42), and with ``panels`` its products through ``half_panels.mojo``.
         The draft, part of the CPU plan only, always attends through ``draft_attention.mojo`` and picks
         its guesses through ``draft_choice.mojo`` (entry 44)."""
         return self.device == "cpu"
@@ -228,8 +229,8 @@ class MaxWhisperGraphs:
         self.plan = plan
         self.device = weights.device
         product = plan.product  # the encoder and the decoder pass multiply alike
-        self.encoder = AudioEncoder(weights, dims, product=product, fused=plan.kernels)
-        self.decoder = TextDecoder(weights, dims, product=product, panels=plan.panels, few_query=plan.kernels)
+        self.encoder = AudioEncoder(weights, dims, product=product, kernels=plan.kernels)
+        self.decoder = TextDecoder(weights, dims, product=product, panels=plan.panels, kernels=plan.kernels)
         self.draft_decoder = TextDecoder(weights, dims, quantized=True) if plan.draft else None
         self.step_decoder = TextDecoder(weights, dims, rowwise=True) if plan.step else None
         self.n_kv = 2 * dims.n_text_layer

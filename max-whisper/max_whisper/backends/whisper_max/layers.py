@@ -185,9 +185,9 @@ def few_query_attention(q: TensorValue, k_t: TensorValue, v: TensorValue) -> Ten
     """softmax(q k^T / 8) v per 64-wide head for float32 q (batch, n_query, state) over k_t (batch, head,
     64, n_keys) and v (batch, head, n_keys, 64): the custom op of ``kernels/few_query_attention.mojo``
     (the graph must load that package), which streams each head's keys and values once per five query
-    rows, and from 64 queries (a prompt's pass) once per vector of queries (``kernels/lanes_attention.mojo``,
-    the encoder attention's blocks).  Returns (batch, n_query, state), the heads merged; the kernel reads its inputs as dense
-    row-major arrays."""
+    rows, and from 64 queries (a prompt's pass) once per vector of queries (the encoder attention's
+    blocks, ``kernels/lanes_attention.mojo``).  Returns (batch, n_query, state), the heads merged; the
+    kernel reads its inputs as dense row-major arrays."""
     out_type = TensorType(DType.float32, q.shape, q.device)
     return ops.custom("few_query_attention", device=q.device, values=[q, k_t, v], out_types=[out_type])[0].tensor
 
@@ -213,6 +213,21 @@ def draft_self_attention(qkv: TensorValue, position: TensorValue, cache: KVCache
     out_type = TensorType(DType.float32, [batch, n_new, int(width) // 3], qkv.device)
     values = [qkv, ops.reshape(position, [1]), cache.keys, cache.values]
     (out,) = ops.inplace_custom("draft_self_attention", device=qkv.device, values=values, out_types=[out_type])
+    return out.tensor
+
+
+def cached_attention(
+    q: TensorValue, k: TensorValue, v: TensorValue, start: TensorValue, mask: TensorValue, cache: KVCache
+) -> TensorValue:
+    """The float32 decoder's self-attention of its new tokens, one op: q, k and v (batch, n_new, state)
+    float32 are their projections; the keys and values go into ``cache`` at positions ``[start, start +
+    n_new)`` (``start`` an int64 scalar), then each query attends over the cache's positions ``[0, start
+    + n_new)`` under the additive ``mask`` (n_new, start + n_new), read in place.  The custom op of
+    ``kernels/cached_attention.mojo`` (the graph must load that package).  Returns (batch, n_new, state),
+    the heads merged."""
+    values = [q, k, v, ops.reshape(start, [1]), mask, cache.keys, cache.values]
+    out_type = TensorType(DType.float32, q.shape, q.device)
+    (out,) = ops.inplace_custom("cached_attention", device=q.device, values=values, out_types=[out_type])
     return out.tensor
 
 
@@ -361,9 +376,10 @@ class MultiHeadAttention:
     one token at a time, and each of its attentions is one op: :func:`draft_self_attention` and
     :func:`draft_cross_attention` (CPU kernels).
     ``panels``: the float32 decoder's products by float16 panels, except the cross-attention keys
-    and values (computed once per window, in the encoder graph).  ``few_query``: the float32
-    decoder's cross-attention through :func:`few_query_attention` (a CPU kernel).  ``fused``: the
-    encoder's self-attention through :func:`encoder_attention` (a CPU kernel).
+    and values (computed once per window, in the encoder graph).  ``kernels``: the attention itself
+    through CPU kernels (the graph must load ``kernels/``): the encoder's self-attention through
+    :func:`encoder_attention`, the float32 decoder's over its cache through :func:`cached_attention`
+    and its cross-attention through :func:`few_query_attention`.
     """
 
     def __init__(
@@ -376,15 +392,13 @@ class MultiHeadAttention:
         rowwise: bool = False,
         product: Product = MATMUL,
         panels: bool = False,
-        few_query: bool = False,
-        fused: bool = False,
+        kernels: bool = False,
     ) -> None:
         self.n_head = n_head
         self.quantized = quantized
-        self.fused = fused
+        self.kernels = kernels
         self.one_query = quantized or rowwise
         self.product = product
-        self.few_query = few_query
         kinds = {"rowwise": rowwise, "product": product}
         self.query = Linear(weights, f"{name}.query", quantized=quantized, panels=panels, **kinds)
         own_kv = quantized and not cross  # the draft's cross K/V come from the float32 encoder graph
@@ -398,7 +412,7 @@ class MultiHeadAttention:
 
     def __call__(self, x: TensorValue, mask: TensorValue | None = None) -> TensorValue:
         """Self-attention without a cache (the encoder's)."""
-        if self.fused and mask is None:
+        if self.kernels and mask is None:
             return self.out(encoder_attention(self.query(x), self.key(x), self.value(x), self.n_head))
         k_t, v = self.key_value(x)
         return self.out(attend(self.query(x), k_t, v, self.n_head, mask, self.product))
@@ -416,10 +430,13 @@ class MultiHeadAttention:
         into ``cache`` at ``span`` first, then the queries attend over positions ``[0, span.end)``.
 
         ``mask`` (n_new, n_total) is additive (causal among the new tokens); None for one new token.
-        The draft's one new token is stored and attends in one op (:func:`draft_self_attention`).
+        The draft's one new token is stored and attends in one op (:func:`draft_self_attention`), and
+        with ``kernels`` so do the float32 decoder's new tokens (:func:`cached_attention`).
         """
         if self.qkv is not None:
             return self.out(draft_self_attention(self.qkv(x), span.start, cache))
+        if self.kernels and mask is not None:
+            return self.out(cached_attention(self.query(x), self.key(x), self.value(x), span.start, mask, cache))
         k_new, v_new = self.key_value(x, one_query=True)  # the cache's layouts (see KVCache)
         n_new = x.shape[1]
         new = (slice(span.start, span.end), n_new)
@@ -472,7 +489,7 @@ class MultiHeadAttention:
         group = batch // n_audio
         q = ops.rebind(self.query(x), [group * n_audio, n_new, state])  # asserts batch = n_audio * group
         queries = ops.reshape(q, [n_audio, group * n_new, state])
-        if self.few_query:
+        if self.kernels:
             out = few_query_attention(queries, k_audio, v_audio)
         else:
             out = attend(queries, k_audio, v_audio, self.n_head, product=self.product)
@@ -490,16 +507,13 @@ class ResidualAttentionBlock:
         rowwise: bool = False,
         product: Product = MATMUL,
         panels: bool = False,
-        few_query: bool = False,
-        fused: bool = False,
+        kernels: bool = False,
     ) -> None:
         kinds = {"rowwise": rowwise, "product": product, "panels": panels}
-        self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized, fused=fused, **kinds)
+        self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized, kernels=kernels, **kinds)
         self.attn_ln = LayerNorm(weights, f"{name}.attn_ln")
         self.cross_attn = (
-            MultiHeadAttention(
-                weights, f"{name}.cross_attn", n_head, quantized, cross=True, few_query=few_query, **kinds
-            )
+            MultiHeadAttention(weights, f"{name}.cross_attn", n_head, quantized, cross=True, kernels=kernels, **kinds)
             if cross_attention
             else None
         )
@@ -567,18 +581,23 @@ class Conv1d:
 
 class AudioEncoder:
     """whisper's ``AudioEncoder``: conv1, conv2, positional embedding, blocks, ``ln_post``;
-    ``product`` multiplies its matrices (:class:`Product`); ``fused``: the blocks' self-attention
+    ``product`` multiplies its matrices (:class:`Product`); ``kernels``: the blocks' self-attention
     through :func:`encoder_attention` (a CPU kernel; the graph must load ``kernels/``)."""
 
     def __init__(
-        self, weights: WeightSource, dims: ModelDimensions, product: Product = MATMUL, fused: bool = False
+        self, weights: WeightSource, dims: ModelDimensions, product: Product = MATMUL, kernels: bool = False
     ) -> None:
         self.weights = weights
         self.conv1 = Conv1d(weights, "encoder.conv1", stride=1, product=product)
         self.conv2 = Conv1d(weights, "encoder.conv2", stride=2, product=product)
         self.blocks = [
             ResidualAttentionBlock(
-                weights, f"encoder.blocks.{i}", dims.n_audio_head, cross_attention=False, product=product, fused=fused
+                weights,
+                f"encoder.blocks.{i}",
+                dims.n_audio_head,
+                cross_attention=False,
+                product=product,
+                kernels=kernels,
             )
             for i in range(dims.n_audio_layer)
         ]
@@ -604,7 +623,8 @@ class TextDecoder:
     position held on the device, every product a multiply-and-sum (:func:`rowwise_product`).
     Otherwise ``product`` multiplies its matrices (:class:`Product`).  ``panels``: the blocks'
     products and the logits read float16 panels of their matrices (:func:`matmul_float16_panels`).
-    ``few_query``: the cross-attention runs through :func:`few_query_attention`.
+    ``kernels``: the attention runs through CPU kernels, over the cache through :func:`cached_attention`
+    and over the audio through :func:`few_query_attention`.
     """
 
     def __init__(
@@ -615,7 +635,7 @@ class TextDecoder:
         rowwise: bool = False,
         product: Product = MATMUL,
         panels: bool = False,
-        few_query: bool = False,
+        kernels: bool = False,
     ) -> None:
         self.weights = weights
         self.product = product
@@ -631,7 +651,7 @@ class TextDecoder:
                 rowwise=rowwise,
                 product=product,
                 panels=panels,
-                few_query=few_query,
+                kernels=kernels,
             )
             for i in range(dims.n_text_layer)
         ]

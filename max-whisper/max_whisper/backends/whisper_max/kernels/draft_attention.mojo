@@ -42,10 +42,10 @@ def attend_one_row[
     scores: UnsafePointer[Float32, scratch],
     result: UnsafePointer[Float32, output],
 ):
-    """One head of ``softmax(q k^T / sqrt(64)) v`` for one query row: ``query`` (64,), ``key_rows``
+    """One head of ``softmax(q k^T / sqrt(64) + mask) v`` for one query row: ``query`` (64,), ``key_rows``
     (n_key, 64) and ``value_rows`` held transposed (64, value_stride), of which the first n_key
-    columns are read; ``scores`` is scratch for ceil(n_key / W) * W values; the 64 outputs go to
-    ``result``."""
+    columns are read; ``scores`` is scratch for ceil(n_key / W) * W values that holds on entry each
+    key's additive mask (zeros: none); the 64 outputs go to ``result``."""
     var scale = Float32(1.0 / sqrt(Float64(HEAD)))
     var q = Array[SIMD[DType.float32, W], GROUPS](fill=0)
     comptime for g in range(GROUPS):
@@ -55,7 +55,7 @@ def attend_one_row[
         var acc = q[0] * key.load[width=W]().cast[DType.float32]()
         comptime for g in range(1, GROUPS):
             acc = q[g].fma((key + g * W).load[width=W]().cast[DType.float32](), acc)
-        scores[j] = acc.reduce_add()
+        scores[j] = scores[j] + acc.reduce_add()
     # the softmax a vector at a time; padding positions score -FLOOR, so they weigh 0
     var n_padded = ceildiv(n_key, W) * W
     for j in range(n_key, n_padded):
