@@ -204,6 +204,14 @@ def test_word_options_need_word_timestamps(run, out_dir):
     assert files_in(out_dir) == []
 
 
+@pytest.mark.parametrize("flag", ["--beam-size", "--best-of"])
+def test_a_count_of_beams_or_candidates_below_one_is_a_usage_error(run, out_dir, flag):
+    code, _, err = run("transcribe", UNUSED, flag, "0", "-o", out_dir)
+    assert code == 2  # argparse's usage, then one error line
+    assert f"argument {flag}: must be at least 1, or None; got 0" in err.splitlines()[-1]
+    assert files_in(out_dir) == []
+
+
 def test_output_dir_that_is_a_file(run, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

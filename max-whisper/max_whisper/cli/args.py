@@ -50,6 +50,14 @@ def optional_int(value: str) -> int | None:
     return whisper_optional_int(value)
 
 
+def optional_positive_int(value: str) -> int | None:
+    """A count of beams or candidates: ``None`` or at least 1 (whisper asserts on 0 in the middle of a run)."""
+    number = optional_int(value)
+    if number is not None and number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, or None; got {value}")
+    return number
+
+
 def optional_float(value: str) -> float | None:
     from whisper.utils import optional_float as whisper_optional_float
 
@@ -248,7 +256,7 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     _add(
         g,
         "best_of",
-        type=optional_int,
+        type=optional_positive_int,
         default=_DEFAULTS["best_of"],
         metavar="N",
         help="number of candidates when sampling with non-zero temperature",
@@ -256,7 +264,7 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     _add(
         g,
         "beam_size",
-        type=optional_int,
+        type=optional_positive_int,
         default=_DEFAULTS["beam_size"],
         metavar="N",
         help="number of beams in beam search, only applicable when temperature is zero; None = greedy decoding",
