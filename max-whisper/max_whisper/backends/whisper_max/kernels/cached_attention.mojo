@@ -14,7 +14,8 @@ from extensibility import InputTensor, OutputTensor, _MutableInputTensor as Muta
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 
-from .draft_attention import FLOOR, GROUPS, HEAD, MAX_CTX, W, attend_one_row
+from .draft_attention import GROUPS, MAX_CTX, attend_one_row
+from .lanes_attention import FLOOR, HEAD, W
 
 
 @extensibility.register("cached_attention")

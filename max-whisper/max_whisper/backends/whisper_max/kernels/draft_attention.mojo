@@ -14,20 +14,15 @@ from extensibility import InputTensor, OutputTensor, _MutableInputTensor as Muta
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import ceildiv, exp, sqrt
-from std.sys import simd_width_of
 
-comptime HEAD = 64
-"""The head width these kernels are written for (every Whisper model's)."""
+from .lanes_attention import FLOOR, HEAD, W
+
 comptime MAX_CTX = 448
 """The most cache positions the draft attends over (every Whisper model's text context)."""
 comptime MAX_AUDIO = 1500
 """The most audio positions (every Whisper model's 30-s window)."""
-comptime W = simd_width_of[DType.float32]()
-"""float32 lanes per vector: the CPU's own width (16 with AVX-512, 8 with AVX2)."""
 comptime GROUPS = HEAD // W
 """Vectors per row of a head."""
-comptime FLOOR = Float32(3.0e38)
-"""Below every score: the score of a padding position past the last key."""
 
 
 @always_inline

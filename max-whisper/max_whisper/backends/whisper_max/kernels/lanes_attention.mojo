@@ -16,7 +16,7 @@ from std.math import exp
 from std.sys import simd_width_of
 
 comptime HEAD = 64
-"""The head width these kernels are written for (every Whisper model's)."""
+"""The head width the attention kernels are written for (every Whisper model's)."""
 comptime W = simd_width_of[DType.float32]()
 """float32 lanes per vector: the CPU's own width (16 with AVX-512, 8 with AVX2), the queries of a block."""
 comptime CHUNK = 256
@@ -24,7 +24,7 @@ comptime CHUNK = 256
 comptime KEYS = 16
 """Keys scored at once, one accumulator vector each (then 16 head dimensions at once for the values)."""
 comptime FLOOR = Float32(3.0e38)
-"""Below every score: the running maximum's start."""
+"""Below every score: a running maximum's start, and the score of a padding position past the last key."""
 
 
 @always_inline
