@@ -481,12 +481,47 @@ def collector():
 
 def test_console_script_runs_main_without_the_collector_and_freezes_before_exit(monkeypatch, collector):
     seen = []
+    monkeypatch.setattr(sys, "argv", ["max-whisper", "transcribe"])
     monkeypatch.setattr(cli, "main", lambda: seen.append(gc.isenabled()) or 3)
     with pytest.raises(SystemExit) as exit_info:
         cli.run()
     assert exit_info.value.code == 3
     assert seen == [False]
     assert gc.get_freeze_count() > 0
+
+
+@pytest.mark.parametrize("command, restarts", [("compile", True), ("transcribe", False), ("benchmark", False)])
+def test_the_console_script_restarts_only_compile_on_jemalloc(monkeypatch, collector, command, restarts):
+    """``max-whisper compile`` runs MAX's compiler: the console script restarts it on jemalloc first."""
+    started = []
+    monkeypatch.setattr(sys, "argv", ["max-whisper", "--verbose", command, "--help"])
+    monkeypatch.setattr(cli, "start_on_jemalloc", lambda: started.append(True))
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    with pytest.raises(SystemExit):
+        cli.run()
+    assert started == ([True] if restarts else [])
+
+
+def test_the_restart_preloads_max_jemalloc_unless_told_not_to(monkeypatch):
+    pytest.importorskip("max.engine")
+
+    class Restarted(Exception):
+        pass
+
+    def execve(executable, argv, env):
+        raise Restarted(executable, argv, env)
+
+    monkeypatch.setattr("os.execve", execve)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("MODULAR_MAX_ALLOCATOR_REEXEC", raising=False)
+    monkeypatch.setenv("MODULAR_MAX_ALLOCATOR", "system")
+    cli.start_on_jemalloc()  # glibc's malloc asked for: no restart
+    monkeypatch.delenv("MODULAR_MAX_ALLOCATOR")
+    with pytest.raises(Restarted) as restart:
+        cli.start_on_jemalloc()
+    executable, argv, env = restart.value.args
+    assert executable == sys.executable and argv == sys.orig_argv
+    assert Path(env["LD_PRELOAD"]).name == "libjemalloc_preload.so" and Path(env["LD_PRELOAD"]).is_file()
 
 
 def test_transcribe_turns_the_collector_back_on_once_loaded(jfk, run, out_dir, monkeypatch, collector):

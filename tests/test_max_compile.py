@@ -224,29 +224,32 @@ def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) 
 def test_compiled_graphs_are_kept_and_loaded_without_building(
     checkpoint_path: Path, tmp_path: Path, max_backend: Any, monkeypatch: pytest.MonkeyPatch, max_report: Any
 ) -> None:
-    """The store of compiled graphs: a first backend writes one artifact per graph it loads; a second
-    loads them without building a single graph and transcribes to the session backend's tokens; an
-    unusable artifact is compiled again and replaced."""
+    """The store of compiled graphs: a first backend has worker processes compile and keep one artifact
+    per graph it loads, and builds none itself; a second loads them without building a single graph and
+    transcribes to the session backend's tokens; an unusable artifact is compiled again and replaced."""
     require_max()
     from max_whisper.audio import load_audio
     from max_whisper.backends.whisper_max import graphs as graphs_module
     from max_whisper.backends.whisper_max.artifacts import GRAPH_DIR_ENV
     from max_whisper.backends.whisper_max.backend import MaxBackend
+    from max_whisper.backends.whisper_max.compile_workers import WORKERS_ENV
     from max_whisper.decoding import transcribe
 
     monkeypatch.setenv(GRAPH_DIR_ENV, str(tmp_path / "graphs"))
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    built: list[str] = []
+    build = graphs_module.MaxWhisperGraphs.build
+    monkeypatch.setattr(
+        graphs_module.MaxWhisperGraphs, "build", lambda self, name: built.append(name) or build(self, name)
+    )
     first = MaxBackend(str(checkpoint_path), device="cpu")
+    assert built == []  # the workers compiled both graphs
     folder = first.models.store.folder
     assert folder.parent == tmp_path / "graphs"
     assert sorted(p.name for p in folder.glob("*.mef")) == ["decoder.mef", "encoder.mef"]
     assert not list(folder.glob(".*"))  # no temporary file left behind
 
     (folder / "encoder.mef").write_bytes(b"not a compiled graph")
-    built: list[str] = []
-    build = graphs_module.MaxWhisperGraphs.build
-    monkeypatch.setattr(
-        graphs_module.MaxWhisperGraphs, "build", lambda self, name: built.append(name) or build(self, name)
-    )
     start = time.perf_counter()
     second = MaxBackend(str(checkpoint_path), device="cpu")
     max_report.record_time("MaxBackend from the store of compiled graphs (one rebuilt)", time.perf_counter() - start)
@@ -259,10 +262,34 @@ def test_compiled_graphs_are_kept_and_loaded_without_building(
         ours = transcribe(second, audio, **options)
         ref = transcribe(max_backend, audio, **options)
         assert [s["tokens"] for s in ours["segments"]] == [s["tokens"] for s in ref["segments"]], options
-    # greedy loaded the draft on first use, and kept it; beam search needs no other graph on the CPU,
-    # and the cross K/V came from the encoder graph
+    # greedy loaded the draft on first use (a worker compiled it), and kept it; beam search needs no other
+    # graph on the CPU, and the cross K/V came from the encoder graph
     assert sorted(second.models.loaded) == ["decoder", "draft", "encoder"]
     assert sorted(p.name for p in folder.glob("*.mef")) == ["decoder.mef", "draft.mef", "encoder.mef"]
+    assert built == ["encoder"]
+
+
+def test_compile_workers_are_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from max_whisper.backends.whisper_max.compile_workers import WORKERS_ENV, workers_enabled
+
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert workers_enabled()
+    for off in ("0", "off", "No", "false"):
+        monkeypatch.setenv(WORKERS_ENV, off)
+        assert not workers_enabled(), off
+    monkeypatch.setenv(WORKERS_ENV, "1")
+    assert workers_enabled()
+
+
+def test_a_failed_compile_worker_leaves_its_graph_to_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+    """A worker that fails is reported by its own one-line error, and its graph is not in the result."""
+    require_max()
+    from max_whisper.backends.whisper_max.compile_workers import compile_in_workers
+
+    with caplog.at_level("WARNING"):
+        assert compile_in_workers("no-such-model", "cpu", "float32", ["encoder", "decoder"]) == {}
+    failures = [r.getMessage() for r in caplog.records if "compile worker" in r.getMessage()]
+    assert len(failures) == 2 and all("unknown model 'no-such-model'" in f for f in failures), failures
 
 
 def test_graph_store_key_and_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

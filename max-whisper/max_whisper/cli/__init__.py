@@ -53,6 +53,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
 }
 
+#: Subcommands whose process compiles MAX graphs: started as a command (:func:`run`), such a process
+#: re-executes itself onto the jemalloc MAX ships, on which MAX's compiler runs faster
+#: (:mod:`max_whisper.backends.whisper_max.compile_workers`).
+COMPILES = frozenset({"compile"})
+
 #: Subcommands that turn the cyclic garbage collector back on themselves once set up
 #: (:func:`resume_collection`); :func:`main` does it before running any other.
 DEFERS_COLLECTION = frozenset({"transcribe"})
@@ -158,12 +163,25 @@ def run() -> NoReturn:
     off until the command is set up (:func:`resume_collection`), and everything is frozen before exit,
     which the interpreter's last collection then skips. Objects are still freed as their references go.
     """
+    if _first_command(sys.argv[1:]) in COMPILES:
+        start_on_jemalloc()
     gc.disable()
     try:
         status = main()
     finally:
         gc.freeze()
     sys.exit(status)
+
+
+def start_on_jemalloc() -> None:
+    """Re-execute this process with MAX's jemalloc preloaded (MAX's own ``max`` command does the same),
+    unless it already runs on it, ``MODULAR_MAX_ALLOCATOR=system`` asks for glibc's, or this MAX lacks
+    the library; nothing has been imported yet that a restart would waste."""
+    try:
+        from max._entrypoints.allocator import reexec_with_jemalloc
+    except ImportError:  # no MAX (the cpu backend's install), or a MAX without it
+        return
+    reexec_with_jemalloc()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ runs here: torch tensors only carry data across whisper's ``Inference`` seam.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from typing import Any, NamedTuple
@@ -31,6 +32,7 @@ try:  # the MAX engine is an optional dependency: the other backends work withou
     from max.engine import InferenceSession
 
     from .artifacts import ArtifactStore
+    from .compile_workers import compile_in_workers, workers_enabled
     from .graphs import DTYPES, GraphPlan, LoadedGraphs, MaxWhisperGraphs, plan_arrays, plan_for_checkpoint
     from .inference import MaxInference
     from .layers import WeightSource
@@ -151,7 +153,12 @@ class MaxBackend(Backend):
         store = None
         if self.precompiled is None:
             store = ArtifactStore.for_graphs(self.dims, self.tokenizer.timestamp_begin, self.plan, self.driver_device)
-        self.models = LoadedGraphs(graphs, self.session, store, self.timer)
+        # graphs the store lacks are compiled by worker processes (compile_workers), which compile the
+        # plan of their device: not for the GPU plan run on MAX's CPU
+        workers = None
+        if workers_enabled() and self.plan.target == self.plan.device:
+            workers = functools.partial(compile_in_workers, model, self.plan.device, self.plan.dtype)
+        self.models = LoadedGraphs(graphs, self.session, store, self.timer, workers)
         # what every run uses; the draft (greedy, CPU) and the cache reorder (beams and best-of, GPU) on first use
         self.models.preload("encoder", "decoder", *(("decoder_step",) if self.plan.step else ()))
         self._window: EncodedWindow | None = None  # the last window the encoder graph ran on

@@ -2,8 +2,9 @@
 
 Compiled graphs land in MAX's compile cache (``$XDG_CACHE_HOME/modular``) and, for this
 machine's own device, in max-whisper's store of compiled graphs (:mod:`.artifacts`), so a later
-``--backend max`` on this machine starts warm; with ``--export DIR`` they are also written
-as artifacts that ``--backend max`` loads on another machine instead of compiling
+``--backend max`` on this machine starts warm (for this machine's device each graph is compiled by a
+worker process of its own, all at once, on jemalloc: :mod:`.compile_workers`); with ``--export DIR``
+they are also written as artifacts that ``--backend max`` loads on another machine instead of compiling
 (backend option ``precompiled=DIR`` or ``MAX_WHISPER_PRECOMPILED=DIR``; an export replaces ``DIR``, and
 several folders joined by ``os.pathsep``, one export per ``--dtype`` say, are read as one set).
 
@@ -96,8 +97,9 @@ def compile_graphs(
     from whisper.model import ModelDimensions
     from whisper.tokenizer import get_tokenizer
 
-    from ...models import load_checkpoint
-    from .artifacts import ArtifactStore
+    from ...models import load_checkpoint, resolve_checkpoint
+    from .artifacts import ArtifactStore, graph_store_root
+    from .compile_workers import compile_in_workers, workers_enabled
     from .graphs import GraphPlan, MaxWhisperGraphs, plan_arrays, plan_for_checkpoint
     from .layers import WeightSource
 
@@ -110,6 +112,12 @@ def compile_graphs(
         )
     if options.device == "gpu" and options.target is None and _accelerators() == 0:
         raise UsageError("--device gpu: no MAX accelerator on this machine (use --target ARCH to compile for one)")
+    # for this machine's device the graphs are compiled into the store by worker processes, all at once,
+    # once the model is known to resolve (and, if it is the embedded one, is converted: not by each worker)
+    resolve_checkpoint(options.model)
+    by_worker: dict[str, float] = {}
+    if options.target is None and graph_store_root() is not None and workers_enabled():
+        by_worker = compile_in_workers(options.model, options.device, options.dtype, names)
     checkpoint = load_checkpoint(options.model)
     dims = ModelDimensions(**checkpoint["dims"])
     multilingual = dims.n_vocab >= 51865
@@ -136,6 +144,13 @@ def compile_graphs(
         session = InferenceSession(devices=[device], export_mefs=staging)
         compiled = []
         for name in names:
+            # a worker's graph is done, unless it is to be exported too: then it is compiled again here,
+            # which MAX's compile cache (filled by the worker) serves in seconds
+            if name in by_worker and staging is None and store is not None and store.path(name).is_file():
+                compiled.append(CompiledGraph(name, by_worker[name]))
+                if on_compiled is not None:
+                    on_compiled(compiled[-1])
+                continue
             start = time.perf_counter()
             compiled_model = session.compile_reusing_mefs(graphs.build(name))
             if store is not None:

@@ -46,7 +46,7 @@ compile``, serve every later process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -391,18 +391,29 @@ class LoadedGraphs(Mapping):
     A run needs only some of them: beam search and best-of never run the draft, greedy decoding
     never reorders the cache (the GPU plan's ``reorder``), and ``cross_kv`` serves only audio
     features that the ``encoder`` graph did not make.  Loading is timed as the ``compile`` stage of ``timer``.
+
+    ``compile_in_workers`` (given a store): compiles graphs the store lacks into it in other processes,
+    all at once (:func:`.compile_workers.compile_in_workers` for this backend's model and plan); what
+    it leaves out is compiled here.
     """
 
     def __init__(
-        self, graphs: MaxWhisperGraphs, session: InferenceSession, store: ArtifactStore | None, timer: StageTimer
+        self,
+        graphs: MaxWhisperGraphs,
+        session: InferenceSession,
+        store: ArtifactStore | None,
+        timer: StageTimer,
+        compile_in_workers: Callable[[Sequence[str]], object] | None = None,
     ) -> None:
         self.graphs, self.session, self.store, self.timer = graphs, session, store, timer
+        self.compile_in_workers = compile_in_workers if store is not None else None
         self._models: dict[str, object] = {}
 
     def __getitem__(self, name: str):
         if name not in self._models:
             if name not in self.graphs.plan.graph_names:
                 raise KeyError(name)
+            self._compile_missing([name])
             with self.timer.stage("compile"):
                 try:
                     self._models[name] = self.graphs.load(self.session, name, self.store)
@@ -417,9 +428,19 @@ class LoadedGraphs(Mapping):
         return len(self.graphs.plan.graph_names)
 
     def preload(self, *names: str) -> None:
-        """Load ``names`` now rather than on first use."""
+        """Load ``names`` now rather than on first use (those the store lacks compiled side by side)."""
+        self._compile_missing(names)
         for name in names:
             self[name]
+
+    def _compile_missing(self, names: Sequence[str]) -> None:
+        """Have the workers compile the graphs of ``names`` that are neither loaded nor in the store."""
+        if self.compile_in_workers is None or self.store is None:
+            return
+        missing = [n for n in names if n not in self._models and not self.store.path(n).is_file()]
+        if missing:
+            with self.timer.stage("compile"):
+                self.compile_in_workers(missing)
 
     @property
     def loaded(self) -> list[str]:
