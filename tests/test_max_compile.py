@@ -269,6 +269,27 @@ def test_compiled_graphs_are_kept_and_loaded_without_building(
     assert built == ["encoder"]
 
 
+@pytest.mark.max
+def test_graphs_the_workers_left_out_are_compiled_here_once(
+    checkpoint_path: Path, tmp_path: Path, max_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers that compile nothing (all failed, say): the backend asks them once for both graphs, then
+    compiles each itself into the store (MAX's compile cache, warm from the session backend, serves it)."""
+    require_max()
+    from max_whisper.backends.whisper_max import backend as backend_module
+    from max_whisper.backends.whisper_max.artifacts import GRAPH_DIR_ENV
+
+    monkeypatch.setenv(GRAPH_DIR_ENV, str(tmp_path / "graphs"))
+    asked: list[tuple] = []
+    monkeypatch.setattr(
+        backend_module, "compile_in_workers", lambda *args: asked.append((*args[:3], list(args[3]))) or {}
+    )  # (checkpoint file, plan device, dtype, names), then the store's root
+    backend = backend_module.MaxBackend(str(checkpoint_path), device="cpu")
+    assert asked == [(checkpoint_path, "cpu", "float32", ["encoder", "decoder"])]
+    assert backend.models.loaded == ["encoder", "decoder"]
+    assert sorted(p.name for p in backend.models.store.folder.glob("*.mef")) == ["decoder.mef", "encoder.mef"]
+
+
 def test_compile_workers_are_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     from max_whisper.backends.whisper_max.compile_workers import WORKERS_ENV, workers_enabled
 
@@ -281,15 +302,17 @@ def test_compile_workers_are_on_unless_turned_off(monkeypatch: pytest.MonkeyPatc
     assert workers_enabled()
 
 
-def test_a_failed_compile_worker_leaves_its_graph_to_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_compile_worker_leaves_its_graph_to_the_caller(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A worker that fails is reported by its own one-line error, and its graph is not in the result."""
     require_max()
     from max_whisper.backends.whisper_max.compile_workers import compile_in_workers
 
     with caplog.at_level("WARNING"):
-        assert compile_in_workers("no-such-model", "cpu", "float32", ["encoder", "decoder"]) == {}
+        assert compile_in_workers(tmp_path / "none.pt", "cpu", "float32", ["encoder", "decoder"], tmp_path) == {}
     failures = [r.getMessage() for r in caplog.records if "compile worker" in r.getMessage()]
-    assert len(failures) == 2 and all("unknown model 'no-such-model'" in f for f in failures), failures
+    assert len(failures) == 2 and all("model file not found" in f for f in failures), failures
 
 
 def test_graph_store_key_and_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from whisper.tokenizer import get_tokenizer
 
 from ...config import DEFAULT_MODEL
 from ...errors import BackendUnavailableError, InputShapeError, UsageError
-from ...models import load_checkpoint
+from ...models import load_checkpoint, resolve_checkpoint
 from ..base import Backend, Capabilities
 
 try:  # the MAX engine is an optional dependency: the other backends work without it
@@ -137,7 +137,8 @@ class MaxBackend(Backend):
         self.precompiled = os.pathsep.join(folders) or None
         self._inference_stats: list[DecoderStats] = []
         with self.timer.stage("load"):
-            checkpoint = load_checkpoint(model)
+            checkpoint_path = resolve_checkpoint(model)
+            checkpoint = load_checkpoint(checkpoint_path)
             self.dims = ModelDimensions(**checkpoint["dims"])
             self.tokenizer = get_tokenizer(self.is_multilingual, num_languages=self.num_languages)
             self.plan = plan_for_checkpoint(self.plan, checkpoint["model_state_dict"])
@@ -157,7 +158,7 @@ class MaxBackend(Backend):
         # plan of their device: not for the GPU plan run on MAX's CPU
         workers = None
         if workers_enabled() and self.plan.target == self.plan.device:
-            workers = functools.partial(compile_in_workers, model, self.plan.device, self.plan.dtype)
+            workers = functools.partial(compile_in_workers, checkpoint_path, self.plan.device, self.plan.dtype)
         self.models = LoadedGraphs(graphs, self.session, store, self.timer, workers)
         # what every run uses; the draft (greedy, CPU) and the cache reorder (beams and best-of, GPU) on first use
         self.models.preload("encoder", "decoder", *(("decoder_step",) if self.plan.step else ()))

@@ -114,11 +114,12 @@ def compile_graphs(
         raise UsageError("--device gpu: no MAX accelerator on this machine (use --target ARCH to compile for one)")
     # for this machine's device the graphs are compiled into the store by worker processes, all at once,
     # once the model is known to resolve (and, if it is the embedded one, is converted: not by each worker)
-    resolve_checkpoint(options.model)
+    checkpoint_path = resolve_checkpoint(options.model)
     by_worker: dict[str, float] = {}
-    if options.target is None and graph_store_root() is not None and workers_enabled():
-        by_worker = compile_in_workers(options.model, options.device, options.dtype, names)
-    checkpoint = load_checkpoint(options.model)
+    store_root = graph_store_root()
+    if options.target is None and store_root is not None and workers_enabled():
+        by_worker = compile_in_workers(checkpoint_path, options.device, options.dtype, names, store_root)
+    checkpoint = load_checkpoint(checkpoint_path)
     dims = ModelDimensions(**checkpoint["dims"])
     multilingual = dims.n_vocab >= 51865
     with warnings.catch_warnings():  # whisper's tokenizer leaves its vocabulary file to the collector

@@ -392,9 +392,9 @@ class LoadedGraphs(Mapping):
     never reorders the cache (the GPU plan's ``reorder``), and ``cross_kv`` serves only audio
     features that the ``encoder`` graph did not make.  Loading is timed as the ``compile`` stage of ``timer``.
 
-    ``compile_in_workers`` (given a store): compiles graphs the store lacks into it in other processes,
-    all at once (:func:`.compile_workers.compile_in_workers` for this backend's model and plan); what
-    it leaves out is compiled here.
+    ``compile_in_workers(names, store_root)`` (given a store): compiles graphs the store lacks into it in
+    other processes, all at once (:func:`.compile_workers.compile_in_workers` for this backend's
+    checkpoint and plan); what it leaves out is compiled here.
     """
 
     def __init__(
@@ -403,11 +403,12 @@ class LoadedGraphs(Mapping):
         session: InferenceSession,
         store: ArtifactStore | None,
         timer: StageTimer,
-        compile_in_workers: Callable[[Sequence[str]], object] | None = None,
+        compile_in_workers: Callable[[Sequence[str], Path], object] | None = None,
     ) -> None:
         self.graphs, self.session, self.store, self.timer = graphs, session, store, timer
         self.compile_in_workers = compile_in_workers if store is not None else None
         self._models: dict[str, object] = {}
+        self._asked_workers: set[str] = set()  # a graph a worker did not compile is not asked for again
 
     def __getitem__(self, name: str):
         if name not in self._models:
@@ -434,13 +435,16 @@ class LoadedGraphs(Mapping):
             self[name]
 
     def _compile_missing(self, names: Sequence[str]) -> None:
-        """Have the workers compile the graphs of ``names`` that are neither loaded nor in the store."""
+        """Have the workers compile the graphs of ``names`` that are neither loaded nor in the store (once
+        per graph)."""
         if self.compile_in_workers is None or self.store is None:
             return
-        missing = [n for n in names if n not in self._models and not self.store.path(n).is_file()]
+        missing = [n for n in names if n not in self._models and n not in self._asked_workers]
+        missing = [n for n in missing if not self.store.path(n).is_file()]
+        self._asked_workers.update(missing)
         if missing:
             with self.timer.stage("compile"):
-                self.compile_in_workers(missing)
+                self.compile_in_workers(missing, self.store.folder.parent)
 
     @property
     def loaded(self) -> list[str]:
