@@ -32,3 +32,9 @@ def whisper_download_root() -> Path:
     """Where openai-whisper keeps official checkpoints (``~/.cache/whisper`` unless overridden)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "whisper"
+
+
+def switched_off(value: str | None) -> bool:
+    """Whether an environment switch's value turns its feature off (``off``, ``0``, ``no``, ``false``, in
+    any case; unset does not): ``MAX_WHISPER_GRAPH_DIR=off``, ``MAX_WHISPER_COMPILE_WORKERS=0``."""
+    return value is not None and value.strip().lower() in ("off", "0", "no", "false")

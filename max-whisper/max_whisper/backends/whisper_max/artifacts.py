@@ -33,7 +33,7 @@ from typing import Any
 
 from whisper.model import ModelDimensions
 
-from ...config import cache_dir
+from ...config import cache_dir, switched_off
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ GRAPH_SOURCES = ("layers.py", "choice.py", "graphs.py", "weights.py")
 def graph_store_root() -> Path | None:
     """``$MAX_WHISPER_GRAPH_DIR``, or ``<max-whisper cache>/graphs``; None when set to ``off``."""
     override = os.environ.get(GRAPH_DIR_ENV)
-    if override is not None and override.strip().lower() in ("off", "0", "no", "false", ""):
+    if switched_off(override) or (override is not None and not override.strip()):
         return None
     return Path(override).expanduser() if override else cache_dir() / "graphs"
 

@@ -14,9 +14,8 @@ A cold compile is MAX's graph compiler at work, and two things about it can be c
 So a graph that the store lacks is compiled by a ``max-whisper compile --graphs NAME`` process of its
 own, one per graph, all started together, for the caller's checkpoint file and store; each writes its
 artifact into the store (the same folder, since it derives the same key), and the caller loads the
-artifacts from there.  A worker that fails
-leaves its graph to the caller, which compiles it in its own process as before (and so reports the
-error, if it is one).  ``MAX_WHISPER_COMPILE_WORKERS=0`` turns the workers off.
+artifacts from there.  A worker that fails leaves its graph to the caller, which compiles it in its own
+process as before (and so reports the error, if it is one).  ``MAX_WHISPER_COMPILE_WORKERS=0`` turns the workers off.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ...config import switched_off
 from .artifacts import GRAPH_DIR_ENV
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ WORKERS_ENV = "MAX_WHISPER_COMPILE_WORKERS"
 def workers_enabled() -> bool:
     """Whether graphs may be compiled in worker processes (``$MAX_WHISPER_COMPILE_WORKERS``, default on);
     a worker itself runs with them off, so it compiles in its own process."""
-    return os.environ.get(WORKERS_ENV, "1").strip().lower() not in ("0", "off", "no", "false")
+    return not switched_off(os.environ.get(WORKERS_ENV))
 
 
 def compile_in_workers(
@@ -55,7 +55,6 @@ def compile_in_workers(
     env = dict(os.environ, **{WORKERS_ENV: "0", GRAPH_DIR_ENV: str(store_root)})
     model = os.fspath(checkpoint)
     started = time.perf_counter()
-    seconds = {}
     with contextlib.ExitStack() as logs:
         workers = {}
         for name in names:
@@ -70,17 +69,17 @@ def compile_in_workers(
             except OSError as exc:  # no process to start: the caller compiles in its own
                 logger.warning("could not start a compile worker for %s: %s", name, exc)
         try:
-            _wait_for(workers, started, seconds)
+            return _wait_for(workers, started)
         finally:  # interrupted: no worker outlives the caller
             for process, _ in workers.values():
                 process.kill()
                 process.wait()
-    return seconds
 
 
-def _wait_for(workers: dict, started: float, seconds: dict[str, float]) -> None:
-    """Reap ``workers`` (name -> (process, log)) as they end: each success's seconds since ``started``
-    into ``seconds``, each failure logged with the worker's own one-line error."""
+def _wait_for(workers: dict, started: float) -> dict[str, float]:
+    """Reap ``workers`` (name -> (process, log), emptied as they end): the seconds since ``started`` of
+    each that succeeded; each failure is logged with the worker's own one-line error."""
+    seconds = {}
     while workers:
         for name, (process, log) in list(workers.items()):
             status = process.poll()
@@ -96,3 +95,4 @@ def _wait_for(workers: dict, started: float, seconds: dict[str, float]) -> None:
             logger.warning("the compile worker for %s failed (%s); compiling it here", name, reason)
         if workers:
             time.sleep(0.05)
+    return seconds

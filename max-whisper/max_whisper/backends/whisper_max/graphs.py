@@ -437,7 +437,7 @@ class LoadedGraphs(Mapping):
     def _compile_missing(self, names: Sequence[str]) -> None:
         """Have the workers compile the graphs of ``names`` that are neither loaded nor in the store (once
         per graph)."""
-        if self.compile_in_workers is None or self.store is None:
+        if self.compile_in_workers is None:  # no workers, or no store for them to fill
             return
         missing = [n for n in names if n not in self._models and n not in self._asked_workers]
         missing = [n for n in missing if not self.store.path(n).is_file()]
