@@ -2,7 +2,9 @@
 and greedy decoder, on seeded synthetic logits that real speech rarely produces: exact ties at the maximum
 (the first index wins, as torch's and numpy's argmax; MAX's own argmax may pick any on a GPU), rows where
 the timestamps' total probability beats the best text token or nearly does, masked ranges over the best
-token, and the timestamp rule switched off. One small graph, compiled once per session on MAX's CPU.
+token, and the timestamp rule switched off. Both forms of the choice: the MAX ops of the GPU plan's decoder step
+(one small graph, compiled once per session on MAX's CPU), and the CPU plan's ``choice`` graph, one Mojo op,
+which greedy decoding runs on each speculative burst's logits rows.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ N_VOCAB = 51864
 SAMPLE_BEGIN = 3
 
 
-@pytest.fixture(scope="module")
-def choice_graph(max_report: Any) -> Any:
+@pytest.fixture(scope="module", params=["ops", "kernel"])
+def choice_graph(request: pytest.FixtureRequest, max_report: Any) -> Any:
+    """``ops``: ``greedy_choice`` as MAX ops (the GPU plan's, inside its decoder step), in a small graph of its
+    own; ``kernel``: the CPU plan's ``choice`` graph, one Mojo op, loaded by the session's backend."""
+    if request.param == "kernel":
+        return request.getfixturevalue("max_backend").models["choice"]
     pytest.importorskip("max.engine")
     from max.driver import CPU
     from max.dtype import DType

@@ -120,7 +120,7 @@ def test_exported_cpu_graphs_are_loaded_instead_of_compiled(
 
     export = tmp_path / "cpu"
     compiled = compile_graphs(CompileOptions(model=str(checkpoint_path), device="cpu", export=export))
-    assert [g.name for g in compiled] == ["encoder", "decoder", "draft"]
+    assert [g.name for g in compiled] == ["encoder", "decoder", "draft", "choice"]
     start = time.perf_counter()
     backend = MaxBackend(str(checkpoint_path), device="cpu", precompiled=str(export))
     max_report.record_time("MaxBackend from exported CPU graphs: load + init", time.perf_counter() - start)
@@ -262,10 +262,10 @@ def test_compiled_graphs_are_kept_and_loaded_without_building(
         ours = transcribe(second, audio, **options)
         ref = transcribe(max_backend, audio, **options)
         assert [s["tokens"] for s in ours["segments"]] == [s["tokens"] for s in ref["segments"]], options
-    # greedy loaded the draft on first use (a worker compiled it), and kept it; beam search needs no other
-    # graph on the CPU, and the cross K/V came from the encoder graph
-    assert sorted(second.models.loaded) == ["decoder", "draft", "encoder"]
-    assert sorted(p.name for p in folder.glob("*.mef")) == ["decoder.mef", "draft.mef", "encoder.mef"]
+    # greedy loaded the draft and the greedy choice on first use (workers compiled them), and kept them;
+    # beam search needs no other graph on the CPU, and the cross K/V came from the encoder graph
+    assert sorted(second.models.loaded) == ["choice", "decoder", "draft", "encoder"]
+    assert sorted(p.name for p in folder.glob("*.mef")) == ["choice.mef", "decoder.mef", "draft.mef", "encoder.mef"]
     assert built == ["encoder"]
 
 

@@ -1,11 +1,10 @@
 """The encoder's self-attention through ``kernels/encoder_attention.mojo``, against float64 attention.
 
-``layers.encoder_attention`` takes the projections (batch, ctx, state) and hands the kernel the queries
-transposed and the keys and values split into heads, so the graph's own permutes are part of what is
-checked. Shapes cover a single frame, a block of queries with one left over, a chunk of keys with a
-partial one after it (keys scored 16 at a time, then one by one), two rows, the encoder's 1500 frames,
-and 20 heads (large-v3's). In the "late peak" case the largest scores lie in the second chunk of keys,
-so the running softmax must rescale what the first chunk added.
+``layers.encoder_attention`` hands the kernel the projections (batch, ctx, state) as they are, each head
+in 64 adjacent columns, read in place by the op. Shapes cover a single frame, a block of queries with one
+left over, a chunk of keys with a partial one after it (keys scored 16 at a time, then one by one), two
+rows, the encoder's 1500 frames, and 20 heads (large-v3's). In the "late peak" case the largest scores lie
+in the second chunk of keys, so the running softmax must rescale what the first chunk added.
 """
 
 from __future__ import annotations

@@ -140,6 +140,15 @@ def test_speculative_and_step_by_step_decoding_choose_the_same_tokens(clip: Any,
     finally:
         max_backend.speculate = True
     assert _tokens(fast) == _tokens(slow)
+    # the tokens were chosen by the choice graph, from the bursts' rows and from each exact pass; whisper's
+    # own filters and greedy decoder on the host, given the bursts' logits rows, choose the same
+    assert "choice" in max_backend.models.loaded
+    max_backend.device_greedy = False
+    try:
+        on_host = transcribe(max_backend, audio, temperature=0.0)
+    finally:
+        max_backend.device_greedy = True
+    assert _tokens(on_host) == _tokens(fast)
     # the bursts did their job: several logits rows served per float32 pass
     assert stats["bursts"] > 0 and stats["rows_served"] >= 2 * stats["bursts"], stats
     # and the 4-bit draft is a good guesser: most guesses it drafted were served

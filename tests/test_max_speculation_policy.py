@@ -126,6 +126,36 @@ def test_served_tokens_equal_step_by_step_choices(seed: int, p_right: float) -> 
         assert np.array_equal(row, true_logits(prefix, seed))
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("p_right", [0.0, 0.7, 1.0])
+def test_choices_served_from_bursts_equal_step_by_step_choices(seed: int, p_right: float) -> None:
+    """``BurstDecoder.choice``: the model picks for all rows of a burst at once (here ``choose`` on each
+    row), once per burst, each row under the history its logits were computed with."""
+    rng = np.random.default_rng(2000 + seed)
+    script = rng.random(4 * N_CTX) < p_right
+    model = FakeModel(seed, lambda offset, call: (bool(script[call % len(script)]), 10.0))
+    picks: list[list[list[int]]] = []
+
+    def pick(logits: np.ndarray, histories: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        picks.append([list(h) for h in histories])
+        for row, history in zip(logits, histories, strict=True):  # the row of each history, exactly
+            assert np.array_equal(row, true_logits(history, seed))
+        tokens = np.array([choose(row) for row in logits])
+        return tokens, -np.arange(len(tokens), dtype=np.float32)
+
+    decoder = BurstDecoder(model.draft, model.verify, end_of_text=EOT, n_vocab=N_VOCAB, n_ctx=N_CTX)
+    history = list(PROMPT) + [choose(model.verify(list(PROMPT), 0)[-1])]
+    decoder.start(len(PROMPT))
+    while history[-1] != EOT and len(history) < N_CTX:
+        token, logprob = decoder.choice(history, pick)
+        # the log-probability handed back is pick's for the row served
+        assert logprob == -(len(history) - 1 - decoder.burst_start)
+        history.append(token)
+    assert history == step_by_step(seed)
+    assert len(picks) == decoder.stats.bursts == len(model.verify_calls) - 1
+    assert [len(histories) for histories in picks] == [n for _, n in model.verify_calls[1:]]
+
+
 def test_right_k_times_then_wrong_rolls_back_to_whisper_token() -> None:
     k = 3
     model = FakeModel(11, lambda offset, call: (offset != k, 10.0))  # guesses 1..k right, k + 1 wrong

@@ -85,9 +85,9 @@ class TimedInference(Inference):
     def cleanup_caching(self) -> None:
         self.inner.cleanup_caching()
 
-    def choose(self, tokens: np.ndarray, masks: GreedyMasks, ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def choose(self, rows: list[list[int]], masks: GreedyMasks) -> tuple[np.ndarray, np.ndarray]:
         with self.timer.stage("decode"):
-            return self.inner.choose(tokens, masks, ranges)
+            return self.inner.choose(rows, masks)
 
 
 class _NoTorchDecoder:
@@ -216,7 +216,7 @@ class BackendDecodingTask(DecodingTask):
                 if completed or len(rows[0]) > self.n_ctx:
                     break
                 newest = np.array([row[-1:] for row in rows], dtype=np.int64)
-                next_tokens, logprobs = self.inference.choose(newest, masks, masks.ranges(rows))
+                next_tokens, logprobs = self.inference.choose(rows, masks)
                 # GreedyDecoder.update: a finished row adds nothing and repeats the end of text
                 finished = newest[:, 0] == eot
                 sum_logprobs += torch.from_numpy(logprobs) * torch.from_numpy(~finished)

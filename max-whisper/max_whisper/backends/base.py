@@ -68,7 +68,7 @@ class Backend(ABC):
     #: keeps whisper's own classes.
     batched_token_logic: bool = False
     #: whether greedy decoding at temperature 0 picks each token after the first on the model's device:
-    #: the backend's ``Inference`` then has ``choose(tokens, masks, ranges)`` (see
+    #: the backend's ``Inference`` then has ``choose(rows, masks)`` (see
     #: ``token_strategies.GreedyMasks``), and the host reads back a token and its log-probability a row.
     device_greedy: bool = False
 

@@ -122,7 +122,7 @@ class MaxBackend(Backend):
         # device graphs exist on a GPU only (MAX: "No graph-capture devices available" on the CPU)
         self.capture = bool(capture) and self.plan.step and self.device_name == "gpu"
         self.capture_keys = itertools.count(1)
-        self.device_greedy = bool(device_greedy) and self.plan.step
+        self.device_greedy = bool(device_greedy)
         # whisper's token logic: one torch thread, off MAX's CPU kernels; beside a GPU too, where its
         # small per-step tensors run faster on one thread than on a pool (docs/performance.md, entry 37).
         # The log-mel: one thread on the CPU device (torch's pool, once woken, slows MAX's graphs by

@@ -25,7 +25,7 @@ from the cpu backend's in the fifth decimal.  The end-to-end tests check the tok
 from __future__ import annotations
 
 from max.dtype import DType
-from max.graph import DeviceRef, TensorValue, ops
+from max.graph import DeviceRef, TensorType, TensorValue, ops
 
 
 def shifted_log_sum_exp(x: TensorValue) -> tuple[TensorValue, TensorValue]:
@@ -75,3 +75,23 @@ def greedy_choice(
     beyond = ops.constant(n_vocab, DType.int64, device)
     token = ops.min(ops.where(x == ops.max(x, axis=-1), index, beyond), axis=-1)  # (batch, 1)
     return ops.squeeze(token, -1), ops.squeeze(-log_sum, -1)
+
+
+def greedy_choice_kernel(
+    logits: TensorValue,
+    suppress: TensorValue,
+    ranges: TensorValue,
+    timestamp_rule: TensorValue,
+    timestamp_begin: int,
+    device: DeviceRef,
+) -> tuple[TensorValue, TensorValue]:
+    """:func:`greedy_choice` as one op on MAX's CPU, ``kernels/greedy_choice.mojo`` (the graph must load
+    that package): each row one work item, its passes over the logits row where it lies, the masked
+    ranges skipped (at most 4 a row). The same arguments and results."""
+    batch = logits.shape[0] * logits.shape[1]
+    out_types = [TensorType(DType.int64, [batch], device), TensorType(DType.float32, [batch], device)]
+    values = [logits, suppress, ranges, timestamp_rule]
+    token, logprob = ops.custom(
+        "greedy_choice", device, values, out_types, parameters={"timestamp_begin": timestamp_begin}
+    )
+    return token.tensor, logprob.tensor

@@ -28,6 +28,11 @@
     one token -> a guess of the next one and its margin, from the same blocks
     with 4-bit matrices (it writes its keys and values into the same cache; the
     ``decoder`` pass overwrites them with exact ones).
+``choice`` (CPU only: on a GPU ``decoder_step`` chooses)
+    logits rows of the ``decoder`` graph -> whisper's greedy token and its
+    log-probability a row (:mod:`.choice`), so that greedy decoding runs no
+    tensor operation of whisper's token logic on the host: for a speculative
+    burst, one call for all of its rows.
 ``reorder`` (GPU only: on the CPU the cache lives in host memory and numpy moves its rows)
     gathers the self-attention cache along the batch axis in place, over the held
     positions (beam search; and one prompt row copied to every beam).
@@ -59,7 +64,7 @@ from whisper.model import ModelDimensions
 from ...errors import MaxWhisperError
 from ...timing import StageTimer
 from .artifacts import ArtifactStore
-from .choice import greedy_choice
+from .choice import greedy_choice, greedy_choice_kernel
 from .layers import MATMUL, N_TOTAL, AudioEncoder, KVCache, Product, Span, SplitProduct, TextDecoder, WeightSource
 from .weights import DRAFT_EMBEDDING, draft_arrays, float16_panel_arrays, is_float16_exact, state_dict_arrays
 
@@ -149,7 +154,7 @@ class GraphPlan:
         """The graphs a transcription may load (what ``max-whisper compile`` compiles by default)."""
         # the CPU plan reorders the cache in host memory (inference.MaxInference._reorder)
         if self.device == "cpu":
-            return ("encoder", "decoder", "draft")
+            return ("encoder", "decoder", "draft", "choice")
         return ("encoder", "decoder", "decoder_step", "reorder")
 
     @property
@@ -241,6 +246,7 @@ class MaxWhisperGraphs:
             "decoder_step": self.build_decoder_step,
             "draft": self.build_draft,
             "reorder": self.build_reorder,
+            "choice": self.build_choice,
         }
 
     def _name(self, base: str) -> str:
@@ -367,6 +373,25 @@ class MaxWhisperGraphs:
             cross_kv = [v.tensor for v in graph.inputs[3 + self.n_kv :]]
             hidden = self.draft_decoder(token, Span(start, end), caches, cross_kv)
             graph.output(*self.draft_decoder.draft(hidden, self.timestamp_begin, self.dims.n_vocab))
+        return graph
+
+    def build_choice(self) -> Graph:
+        """(logits, suppress, ranges, timestamp_rule) -> (token (rows,), log-probability (rows,)).
+
+        whisper's greedy choice for each row of ``logits`` (rows, 1, n_vocab), each under its own
+        ``ranges`` (rows, n_ranges, 2); ``suppress`` and ``timestamp_rule`` as in ``decoder_step``. One op,
+        ``kernels/greedy_choice.mojo`` (:func:`.choice.greedy_choice_kernel`)."""
+        d, device = self.dims, self.device
+        inputs = [
+            TensorType(DType.float32, ["rows", 1, d.n_vocab], device),  # logits
+            TensorType(DType.float32, [d.n_vocab], device),  # suppress: 0 or -inf
+            TensorType(DType.int64, ["rows", "n_ranges", 2], device),  # ranges [lo, hi) masked per row
+            TensorType(DType.int64, [1], device),  # timestamp_rule: 1 on, 0 off
+        ]
+        with Graph("whisper_greedy_choice", input_types=inputs, custom_extensions=[KERNELS]) as graph:
+            logits, suppress, ranges, timestamp_rule = (v.tensor for v in graph.inputs)
+            choice = greedy_choice_kernel(logits, suppress, ranges, timestamp_rule, self.timestamp_begin, device)
+            graph.output(*choice)
         return graph
 
     def build_reorder(self) -> Graph:

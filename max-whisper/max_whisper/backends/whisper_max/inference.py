@@ -186,6 +186,8 @@ class MaxInference(Inference):
         self.first_row: Buffer | None = None  # rows=[0] on the device, made once (a one-token step's)
         self.step: DecoderStep | None = None  # the GPU plan's single-token pass, made after the prompt's
         self.bursts: BurstDecoder | None = None
+        self.masks: GreedyMasks | None = None  # the greedy masks whose buffers are in mask_inputs
+        self.mask_inputs: list[Buffer] = []  # suppress, timestamp_rule: the choice graph's inputs
         if backend.speculate:
             d = backend.dims
             self.bursts = BurstDecoder(
@@ -216,7 +218,7 @@ class MaxInference(Inference):
         if self.cache is None:
             return self._prefill(tokens)
         if n_batch == 1 and self.bursts is not None:
-            return self.bursts.logits(tokens[0].tolist())[None, None]
+            return torch.from_numpy(self.bursts.logits(tokens[0].tolist()).copy())[None, None]
         self.n_past = min(self.n_past, n_tokens - 1)
         self.shared_prefix = min(self.shared_prefix, self.n_past)
         if backend.plan.step:
@@ -294,23 +296,55 @@ class MaxInference(Inference):
         self.n_past += 1
         return logits
 
-    def choose(self, tokens: np.ndarray, masks: GreedyMasks, ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """whisper's greedy choice after the newest ``tokens`` (batch, 1) of every row, under ``masks`` and
-        this step's ``ranges``, picked on the device by the ``decoder_step`` graph (the GPU plan, after the
-        prompt's :meth:`logits`): (tokens (batch,), log-probabilities (batch,))."""
-        if self.cache is None or not self.backend.plan.step:
-            raise MaxWhisperError("a greedy choice on the device follows the prompt's pass, in the GPU plan")
-        if self.step is None:
-            self.step = DecoderStep(self.backend, self.cache, self.row_cross_kv, tokens.shape[0])
-        chosen = self.step.choose(tokens, self.n_past, masks, ranges)
-        self.stats.steps += 1
-        self.n_past += 1
-        return chosen
+    def choose(self, rows: list[list[int]], masks: GreedyMasks) -> tuple[np.ndarray, np.ndarray]:
+        """whisper's greedy choice after each history of ``rows`` (the prompt and the tokens chosen so
+        far, one list a row) under ``masks``, picked on the device (after the prompt's :meth:`logits`):
+        (tokens (batch,) int64, log-probabilities (batch,) float32).
 
-    def _verify(self, tokens: list[int], start: int) -> torch.Tensor:
-        """The burst's exact pass (batch 1): one logits row per token, (len(tokens), n_vocab)."""
+        The GPU plan runs its ``decoder_step`` graph, which chooses too. The CPU plan chooses in its
+        ``choice`` graph: for one row with the draft, once per speculative burst for all of the
+        burst's rows; otherwise after an exact pass of the newest tokens."""
+        if self.cache is None:
+            raise MaxWhisperError("a greedy choice on the device follows the prompt's pass")
+        newest = np.array([row[-1:] for row in rows], dtype=np.int64)
+        if self.backend.plan.step:
+            if self.step is None:
+                self.step = DecoderStep(self.backend, self.cache, self.row_cross_kv, len(rows))
+            chosen = self.step.choose(newest, self.n_past, masks, masks.ranges(rows))
+            self.stats.steps += 1
+            self.n_past += 1
+            return chosen
+        if len(rows) == 1 and self.bursts is not None:
+            if "choice" not in self.backend.models.loaded:  # side by side, where the store lacks both
+                self.backend.models.preload("draft", "choice")
+            token, logprob = self.bursts.choice(rows[0], lambda logits, histories: self._pick(logits, histories, masks))
+            return np.array([token], dtype=np.int64), np.array([logprob], dtype=np.float32)
+        self.n_past = min(self.n_past, len(rows[0]) - 1)
+        self.shared_prefix = min(self.shared_prefix, self.n_past)
+        logits = self.backend.to_numpy(self._pass(newest, self.n_past, rows=[0]))
+        return self._pick(logits, rows, masks)
+
+    def _pick(self, logits: np.ndarray, rows: list[list[int]], masks: GreedyMasks) -> tuple[np.ndarray, np.ndarray]:
+        """The ``choice`` graph on ``logits`` (one row of n_vocab per history of ``rows``, in any leading
+        shape) under ``masks``: (tokens (len(rows),), log-probabilities (len(rows),))."""
+        backend = self.backend
+        if masks is not self.masks:  # once per window: the buffers of the masks every step shares
+            self.masks = masks
+            self.mask_inputs = [
+                backend.to_device(masks.suppress),
+                backend.to_device(np.array([int(masks.timestamp_rule)])),
+            ]
+        suppress, rule = self.mask_inputs
+        logits_in = backend.to_device(logits.reshape(len(rows), 1, -1))
+        ranges_in = backend.to_device(masks.ranges(rows))
+        token, logprob = backend.models["choice"].execute(logits_in, suppress, ranges_in, rule)
+        return backend.to_numpy(token).copy(), backend.to_numpy(logprob).copy()
+
+    def _verify(self, tokens: list[int], start: int) -> np.ndarray:
+        """The burst's exact pass (batch 1): one logits row per token, (len(tokens), n_vocab), in the
+        memory of the graph's output (the CPU plan's)."""
         rows = list(range(len(tokens)))
-        return self.backend.to_torch(self._pass(np.array([tokens], dtype=np.int64), start, rows))[0]
+        return self.backend.to_numpy(self._pass(np.array([tokens], dtype=np.int64), start, rows))[0]
 
     def _draft(self, token: int, position: int) -> tuple[int, float]:
         """Feed ``token`` (batch 1) to the draft decoder at ``position``: (guess, margin).

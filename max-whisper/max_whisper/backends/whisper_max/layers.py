@@ -196,11 +196,12 @@ def encoder_attention(q: TensorValue, k: TensorValue, v: TensorValue, n_head: in
     """softmax(q k^T / 8) v per 64-wide head, no mask, for q, k, v (batch, ctx, state): the encoder's
     self-attention as the custom op of ``kernels/encoder_attention.mojo`` (the graph must load that
     package), which keeps each chunk of scores in cache instead of writing every head's scores to
-    memory.  It takes the queries transposed (a vector holds several queries) and the keys and values
-    split into heads, as dense row-major arrays.  Returns (batch, ctx, state), the heads merged."""
-    values = [keys_transposed(q, n_head), split_heads(k, n_head), split_heads(v, n_head)]
+    memory, and reads each head's columns of q, k and v in place.  Returns (batch, ctx, state), the
+    heads merged."""
+    if int(q.shape[-1]) != 64 * n_head:
+        raise ValueError(f"encoder_attention: {n_head} heads of 64 in a width of {q.shape[-1]}")
     out_type = TensorType(DType.float32, q.shape, q.device)
-    return ops.custom("encoder_attention", device=q.device, values=values, out_types=[out_type])[0].tensor
+    return ops.custom("encoder_attention", device=q.device, values=[q, k, v], out_types=[out_type])[0].tensor
 
 
 def draft_self_attention(qkv: TensorValue, position: TensorValue, cache: KVCache) -> TensorValue:

@@ -24,6 +24,10 @@ without MAX:
 Both write keys and values into one cache; a position is read only by a later
 pass that covers it, so cutting the cache back is only a matter of where the
 next pass starts.
+
+Where the caller lets the model pick whisper's greedy token itself (:meth:`BurstDecoder.choice`),
+a third callable, ``pick(logits, histories) -> (tokens, log-probabilities)``, picks for every row of
+a burst at once, each row under the history it was computed with.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ MIN_DRAFT_MARGIN = 0.5
 
 DraftStep = Callable[[int, int], tuple[int, float]]
 VerifyPass = Callable[[list[int], int], Any]
+PickRows = Callable[[Any, list[list[int]]], tuple[Any, Any]]
 
 
 @dataclass(frozen=True)
@@ -108,21 +113,39 @@ class BurstDecoder:
         self.burst_start = n_past  # position of the first token of the current burst
         self.burst_tokens: list[int] = []  # input token at each position of the burst
         self.burst_logits: Any | None = None  # (len(burst_tokens), n_vocab)
+        self.burst_choices: tuple[Any, Any] | None = None  # pick's (tokens, log-probabilities) of its rows
 
     def logits(self, history: Sequence[int]) -> Any:
         """The logits row after ``history``, served from the current burst or from a new one."""
+        row = self._row(history)  # before reading burst_logits: it may start a burst
+        return self.burst_logits[row]
+
+    def choice(self, history: Sequence[int], pick: PickRows) -> tuple[int, float]:
+        """whisper's greedy token after ``history`` and its log-probability, served from the current burst
+        or from a new one. ``pick`` chooses for all of a burst's rows at once, the first time one of them
+        is served."""
+        row = self._row(history)
+        if self.burst_choices is None:
+            before = list(history[: self.burst_start])
+            histories = [before + self.burst_tokens[: j + 1] for j in range(len(self.burst_tokens))]
+            self.burst_choices = pick(self.burst_logits, histories)
+        tokens, logprobs = self.burst_choices
+        return int(tokens[row]), float(logprobs[row])
+
+    def _row(self, history: Sequence[int]) -> int:
+        """The row of the current burst computed after ``history``, after a new burst if none was."""
         position = len(history) - 1  # where the newest token sits
         offset = position - self.burst_start
         in_burst = self.burst_logits is not None and 0 <= offset < len(self.burst_tokens)
         if in_burst and list(history[self.burst_start : position + 1]) == self.burst_tokens[: offset + 1]:
             self.stats.rows_served += 1
-            return self.burst_logits[offset]
+            return offset
         if self.n_past > position:
             self.stats.rollbacks += 1
         self.n_past = min(self.n_past, position)
         self._burst(int(history[-1]))
         self.stats.rows_served += 1
-        return self.burst_logits[0]
+        return 0
 
     def _burst(self, token: int) -> None:
         """Draft up to ``lookahead - 1`` guesses after ``token``, then one exact pass for all of them."""
@@ -140,4 +163,5 @@ class BurstDecoder:
         self.stats.bursts += 1
         self.stats.burst_rows += len(self.burst_tokens)
         self.burst_logits = self.verify(list(self.burst_tokens), start)
+        self.burst_choices = None
         self.n_past = start + len(self.burst_tokens)

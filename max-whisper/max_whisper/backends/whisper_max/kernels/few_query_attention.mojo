@@ -86,7 +86,9 @@ struct FewQueryAttention:
                 attend_lanes[keys_transposed=True](
                     q,
                     kp + (audio * n_head + head) * HEAD * n_key,
+                    n_key,
                     vp + (audio * n_head + head) * n_key * HEAD,
+                    HEAD,
                     n_key,
                     yp + (audio * n_query + i0) * state + head * HEAD,
                     state,

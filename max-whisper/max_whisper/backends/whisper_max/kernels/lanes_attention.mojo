@@ -8,8 +8,9 @@ chunks of CHUNK keys (a running maximum and sum, the output rescaled when the ma
 chunk's values while its scores are in the L1 cache, so no score is written to memory. Every product and
 sum is float32.
 
-The keys come as rows (N_keys, 64), the encoder's, or transposed (64, N_keys), the decoder's cross-attention
-keys; the values always as rows (N_keys, 64).
+The keys come as rows, the encoder's, or transposed (64, N_keys), the decoder's cross-attention keys; the
+values always as rows. Rows lie ``stride`` floats apart: 64 for a head's own array (N_keys, 64), the model's
+width for a head's columns of the projections (N_keys, H * 64) themselves.
 """
 
 from std.math import exp
@@ -28,27 +29,30 @@ comptime FLOOR = Float32(3.0e38)
 
 
 @always_inline
-def key_at[keys_transposed: Bool](keys: UnsafePointer[Float32, _], n_key: Int, j: Int, d: Int) -> Float32:
-    """Dimension ``d`` of key ``j``, from rows (N_keys, 64) or from the transposed keys (64, N_keys)."""
+def key_at[keys_transposed: Bool](keys: UnsafePointer[Float32, _], stride: Int, j: Int, d: Int) -> Float32:
+    """Dimension ``d`` of key ``j``, from rows ``stride`` apart or from the transposed keys (64, stride)."""
     comptime if keys_transposed:
-        return keys[d * n_key + j]
+        return keys[d * stride + j]
     else:
-        return keys[j * HEAD + d]
+        return keys[j * stride + d]
 
 
 @always_inline
 def attend_lanes[keys_transposed: Bool, output: MutOrigin](
     q: Array[SIMD[DType.float32, W], HEAD],
     keys: UnsafePointer[Float32, _],
+    key_stride: Int,
     values: UnsafePointer[Float32, _],
+    value_stride: Int,
     n_key: Int,
     y: UnsafePointer[Float32, output],
     y_stride: Int,
     n_rows: Int,
 ):
     """``softmax(q k^T) v`` for the block's queries ``q`` (q[d]: dimension d, one lane a query, already
-    scaled by 1/sqrt(64)) over ``n_key`` keys and values of one head. Lane ``i < n_rows`` is written to
-    ``y[i * y_stride : i * y_stride + 64]``; the other lanes are not written."""
+    scaled by 1/sqrt(64)) over ``n_key`` keys and values of one head: key rows ``key_stride`` apart (the
+    transposed keys: ``key_stride`` keys a dimension), value rows ``value_stride`` apart. Lane ``i < n_rows``
+    is written to ``y[i * y_stride : i * y_stride + 64]``; the other lanes are not written."""
     # scores[j]: key j of the chunk against every query of the block (then its probabilities)
     var scores = Array[SIMD[DType.float32, W], CHUNK](fill=0)
     # out[d]: dimension d of the block's outputs, one lane a query, before the softmax's division
@@ -64,7 +68,7 @@ def attend_lanes[keys_transposed: Bool, output: MutOrigin](
             for d in range(HEAD):
                 var qd = q[d]
                 comptime for key in range(KEYS):
-                    var k = key_at[keys_transposed](keys, n_key, j0 + j + key, d)
+                    var k = key_at[keys_transposed](keys, key_stride, j0 + j + key, d)
                     acc[key] = SIMD[DType.float32, W](k).fma(qd, acc[key])
             comptime for key in range(KEYS):
                 scores[j + key] = acc[key]
@@ -72,7 +76,7 @@ def attend_lanes[keys_transposed: Bool, output: MutOrigin](
         while j < width:  # the last few keys, one at a time
             var acc = SIMD[DType.float32, W](0)
             for d in range(HEAD):
-                acc = SIMD[DType.float32, W](key_at[keys_transposed](keys, n_key, j0 + j, d)).fma(q[d], acc)
+                acc = SIMD[DType.float32, W](key_at[keys_transposed](keys, key_stride, j0 + j, d)).fma(q[d], acc)
             scores[j] = acc
             j += 1
         # the running softmax, lane by lane: the chunk's probabilities against the new maximum
@@ -94,7 +98,7 @@ def attend_lanes[keys_transposed: Bool, output: MutOrigin](
                 acc[dd] = out[g * KEYS + dd] * factor
             for i in range(width):
                 var p = scores[i]
-                var row = values + (j0 + i) * HEAD + g * KEYS
+                var row = values + (j0 + i) * value_stride + g * KEYS
                 comptime for dd in range(KEYS):
                     acc[dd] = SIMD[DType.float32, W](row[dd]).fma(p, acc[dd])
             comptime for dd in range(KEYS):
