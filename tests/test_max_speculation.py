@@ -125,6 +125,18 @@ def _tokens(result: dict) -> list[list[int]]:
     return [list(s["tokens"]) for s in result["segments"]]
 
 
+def _greedy_with(backend: Any, audio: Any, **attributes: bool) -> dict:
+    """Greedy transcription with the backend's ``attributes`` set for the call (then restored)."""
+    saved = {name: getattr(backend, name) for name in attributes}
+    for name, value in attributes.items():
+        setattr(backend, name, value)
+    try:
+        return transcribe(backend, audio, temperature=0.0)
+    finally:
+        for name, value in saved.items():
+            setattr(backend, name, value)
+
+
 @pytest.mark.max
 @pytest.mark.parametrize("clip", CLIPS, ids=lambda p: p.stem)
 def test_speculative_and_step_by_step_decoding_choose_the_same_tokens(clip: Any, max_backend: Any) -> None:
@@ -134,21 +146,12 @@ def test_speculative_and_step_by_step_decoding_choose_the_same_tokens(clip: Any,
     max_backend.reset_decoder_stats()
     fast = transcribe(max_backend, audio, temperature=0.0)
     stats = max_backend.decoder_stats().as_dict()
-    max_backend.speculate = False
-    try:
-        slow = transcribe(max_backend, audio, temperature=0.0)
-    finally:
-        max_backend.speculate = True
+    slow = _greedy_with(max_backend, audio, speculate=False)
     assert _tokens(fast) == _tokens(slow)
     # the tokens were chosen by the choice graph, from the bursts' rows and from each exact pass; whisper's
     # own filters and greedy decoder on the host, given the bursts' logits rows, choose the same
     assert "choice" in max_backend.models.loaded
-    max_backend.device_greedy = False
-    try:
-        on_host = transcribe(max_backend, audio, temperature=0.0)
-    finally:
-        max_backend.device_greedy = True
-    assert _tokens(on_host) == _tokens(fast)
+    assert _tokens(_greedy_with(max_backend, audio, device_greedy=False)) == _tokens(fast)
     # the bursts did their job: several logits rows served per float32 pass
     assert stats["bursts"] > 0 and stats["rows_served"] >= 2 * stats["bursts"], stats
     # and the 4-bit draft is a good guesser: most guesses it drafted were served

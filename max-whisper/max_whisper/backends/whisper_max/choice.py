@@ -4,7 +4,9 @@ A greedy step of openai-whisper (``DecodingTask._main_loop`` at temperature 0) m
 step's logits with its logit filters, takes the first index of each row's maximum, and adds
 that token's log-probability to the row's score.  :func:`greedy_choice` does the same after
 the ``decoder_step`` graph's logits, so that a GPU hands back two numbers a row instead of
-51 864 logits, and the host runs no tensor operation on them (docs/performance.md, entry 40).
+51 864 logits, and the host runs no tensor operation on them (docs/performance.md, entry 40);
+on the CPU, as one Mojo op in the ``choice`` graph, on all the logits rows of a speculative
+burst at once (entry 47).
 
 The filters split in two.  What depends on the token history only is decided on the host, by
 :class:`max_whisper.token_strategies.GreedyMasks`, and enters the graph as data: a bias row of
@@ -44,12 +46,16 @@ def greedy_choice(
     timestamp_rule: TensorValue,
     timestamp_begin: int,
     device: DeviceRef,
+    kernel: bool = False,
 ) -> tuple[TensorValue, TensorValue]:
     """whisper's greedy token and its log-probability for each row of ``logits`` (batch, 1, n_vocab).
 
     ``suppress`` (n_vocab,) float32, 0 or -inf; ``ranges`` (batch, n_ranges, 2) int64 [lo, hi), masked;
     ``timestamp_rule`` (1,) int64, 1 where whisper's ``ApplyTimestampRules`` is among the filters.
-    Returns (token (batch,) int64, log-probability (batch,) float32)."""
+    ``kernel``: as one op on MAX's CPU (the CPU plan's ``choice`` graph), else as MAX ops (the GPU plan's
+    decoder step). Returns (token (batch,) int64, log-probability (batch,) float32)."""
+    if kernel:
+        return _greedy_choice_op(logits, suppress, ranges, timestamp_rule, timestamp_begin, device)
     n_vocab = int(logits.shape[-1])
     x = ops.squeeze(logits, 1) + suppress  # (batch, n_vocab): + 0 keeps a logit bit for bit
     index = ops.range(0, n_vocab, 1, dtype=DType.int64, device=device)  # (n_vocab,)
@@ -77,21 +83,16 @@ def greedy_choice(
     return ops.squeeze(token, -1), ops.squeeze(-log_sum, -1)
 
 
-def greedy_choice_kernel(
-    logits: TensorValue,
-    suppress: TensorValue,
-    ranges: TensorValue,
-    timestamp_rule: TensorValue,
-    timestamp_begin: int,
-    device: DeviceRef,
+def _greedy_choice_op(
+    logits: TensorValue, suppress: TensorValue, ranges: TensorValue, rule: TensorValue, timestamp_begin: int, device
 ) -> tuple[TensorValue, TensorValue]:
-    """:func:`greedy_choice` as one op on MAX's CPU, ``kernels/greedy_choice.mojo`` (the graph must load
-    that package): each row one work item, its passes over the logits row where it lies, the masked
-    ranges skipped (at most 4 a row). The same arguments and results."""
+    """The choice as one op on MAX's CPU, ``kernels/greedy_choice.mojo`` (the graph must load that package):
+    each row one work item, its passes over the logits row where it lies, the masked ranges skipped (at most
+    4 a row)."""
     batch = logits.shape[0] * logits.shape[1]
     out_types = [TensorType(DType.int64, [batch], device), TensorType(DType.float32, [batch], device)]
-    values = [logits, suppress, ranges, timestamp_rule]
+    parameters = {"timestamp_begin": timestamp_begin}
     token, logprob = ops.custom(
-        "greedy_choice", device, values, out_types, parameters={"timestamp_begin": timestamp_begin}
+        "greedy_choice", device, [logits, suppress, ranges, rule], out_types, parameters=parameters
     )
     return token.tensor, logprob.tensor

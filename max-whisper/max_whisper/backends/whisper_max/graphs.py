@@ -64,7 +64,7 @@ from whisper.model import ModelDimensions
 from ...errors import MaxWhisperError
 from ...timing import StageTimer
 from .artifacts import ArtifactStore
-from .choice import greedy_choice, greedy_choice_kernel
+from .choice import greedy_choice
 from .layers import MATMUL, N_TOTAL, AudioEncoder, KVCache, Product, Span, SplitProduct, TextDecoder, WeightSource
 from .weights import DRAFT_EMBEDDING, draft_arrays, float16_panel_arrays, is_float16_exact, state_dict_arrays
 
@@ -380,7 +380,7 @@ class MaxWhisperGraphs:
 
         whisper's greedy choice for each row of ``logits`` (rows, 1, n_vocab), each under its own
         ``ranges`` (rows, n_ranges, 2); ``suppress`` and ``timestamp_rule`` as in ``decoder_step``. One op,
-        ``kernels/greedy_choice.mojo`` (:func:`.choice.greedy_choice_kernel`)."""
+        ``kernels/greedy_choice.mojo`` (:func:`.choice.greedy_choice` with ``kernel``)."""
         d, device = self.dims, self.device
         inputs = [
             TensorType(DType.float32, ["rows", 1, d.n_vocab], device),  # logits
@@ -390,7 +390,7 @@ class MaxWhisperGraphs:
         ]
         with Graph("whisper_greedy_choice", input_types=inputs, custom_extensions=[KERNELS]) as graph:
             logits, suppress, ranges, timestamp_rule = (v.tensor for v in graph.inputs)
-            choice = greedy_choice_kernel(logits, suppress, ranges, timestamp_rule, self.timestamp_begin, device)
+            choice = greedy_choice(logits, suppress, ranges, timestamp_rule, self.timestamp_begin, device, kernel=True)
             graph.output(*choice)
         return graph
 
