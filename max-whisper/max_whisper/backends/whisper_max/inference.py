@@ -186,7 +186,7 @@ class MaxInference(Inference):
         self.first_row: Buffer | None = None  # rows=[0] on the device, made once (a one-token step's)
         self.step: DecoderStep | None = None  # the GPU plan's single-token pass, made after the prompt's
         self.bursts: BurstDecoder | None = None
-        self.masks: GreedyMasks | None = None  # the greedy masks whose buffers are in mask_inputs
+        self.masks: GreedyMasks | None = None  # the CPU plan's greedy masks, whose buffers are in mask_inputs
         self.mask_inputs: list[Buffer] = []  # suppress, timestamp_rule: the choice graph's inputs
         if backend.speculate:
             d = backend.dims
@@ -306,37 +306,40 @@ class MaxInference(Inference):
         burst's rows; otherwise after an exact pass of the newest tokens."""
         if self.cache is None:
             raise MaxWhisperError("a greedy choice on the device follows the prompt's pass")
-        newest = np.array([row[-1:] for row in rows], dtype=np.int64)
         if self.backend.plan.step:
             if self.step is None:
                 self.step = DecoderStep(self.backend, self.cache, self.row_cross_kv, len(rows))
+            newest = np.array([row[-1:] for row in rows], dtype=np.int64)
             chosen = self.step.choose(newest, self.n_past, masks, masks.ranges(rows))
             self.stats.steps += 1
             self.n_past += 1
             return chosen
+        if masks is not self.masks:  # once per window
+            self._use_masks(masks)
         if len(rows) == 1 and self.bursts is not None:
-            if "choice" not in self.backend.models.loaded:  # side by side, where the store lacks both
-                self.backend.models.preload("draft", "choice")
-            token, logprob = self.bursts.choice(rows[0], lambda logits, histories: self._pick(logits, histories, masks))
+            token, logprob = self.bursts.choice(rows[0], self._pick)
             return np.array([token], dtype=np.int64), np.array([logprob], dtype=np.float32)
         self.n_past = min(self.n_past, len(rows[0]) - 1)
         self.shared_prefix = min(self.shared_prefix, self.n_past)
-        logits = self.backend.to_numpy(self._pass(newest, self.n_past, rows=[0]))
-        return self._pick(logits, rows, masks)
+        newest = np.array([row[-1:] for row in rows], dtype=np.int64)
+        return self._pick(self.backend.to_numpy(self._pass(newest, self.n_past, rows=[0])), rows)
 
-    def _pick(self, logits: np.ndarray, rows: list[list[int]], masks: GreedyMasks) -> tuple[np.ndarray, np.ndarray]:
-        """The ``choice`` graph on ``logits`` (one row of n_vocab per history of ``rows``, in any leading
-        shape) under ``masks``: (tokens (len(rows),), log-probabilities (len(rows),))."""
+    def _use_masks(self, masks: GreedyMasks) -> None:
+        """The CPU plan's greedy choices from now on are made under ``masks``: their buffers, which every
+        call of the ``choice`` graph shares, and the graphs loaded (the draft and the choice side by side,
+        where the store lacks both)."""
         backend = self.backend
-        if masks is not self.masks:  # once per window: the buffers of the masks every step shares
-            self.masks = masks
-            self.mask_inputs = [
-                backend.to_device(masks.suppress),
-                backend.to_device(np.array([int(masks.timestamp_rule)])),
-            ]
+        backend.models.preload(*(("draft", "choice") if self.bursts is not None else ("choice",)))
+        self.masks = masks
+        self.mask_inputs = [backend.to_device(masks.suppress), backend.to_device(np.array([int(masks.timestamp_rule)]))]
+
+    def _pick(self, logits: np.ndarray, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """The ``choice`` graph on ``logits`` (one row of n_vocab per history of ``rows``, in any leading
+        shape) under the masks of :meth:`_use_masks`: (tokens (len(rows),), log-probabilities (len(rows),))."""
+        backend = self.backend
         suppress, rule = self.mask_inputs
         logits_in = backend.to_device(logits.reshape(len(rows), 1, -1))
-        ranges_in = backend.to_device(masks.ranges(rows))
+        ranges_in = backend.to_device(self.masks.ranges(rows))
         token, logprob = backend.models["choice"].execute(logits_in, suppress, ranges_in, rule)
         return backend.to_numpy(token).copy(), backend.to_numpy(logprob).copy()
 
