@@ -3,8 +3,8 @@
 ``choice.greedy_choice`` says what is chosen, as MAX ops: the logits plus a suppress row of 0 or -inf,
 a few masked token ranges per row, whisper's timestamp rule (a timestamp when the timestamps' total
 probability beats every text token), then the first maximum and its log-probability. Those ops run
-one after another over every row, each writing its result to memory: 1.7 ms for a speculative burst
-of ten rows (docs/performance.md, entry 47). Here each row is one work item, and its passes read the
+one after another over every row, each writing its result to memory (docs/performance.md, entry 47
+has the times). Here each row is one work item, and its passes read the
 logits row where it lies, the masked ranges skipped instead of written: a pass for the maxima of the
 text and of the timestamps, one for the sums of exponentials, one for the first index of the maximum.
 Every sum is float32.
