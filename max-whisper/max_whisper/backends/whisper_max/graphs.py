@@ -66,7 +66,14 @@ from ...timing import StageTimer
 from .artifacts import ArtifactStore
 from .choice import greedy_choice
 from .layers import MATMUL, N_TOTAL, AudioEncoder, KVCache, Product, Span, SplitProduct, TextDecoder, WeightSource
-from .weights import DRAFT_EMBEDDING, draft_arrays, float16_panel_arrays, is_float16_exact, state_dict_arrays
+from .weights import (
+    DRAFT_EMBEDDING,
+    draft_arrays,
+    float16_panel_arrays,
+    is_float16_exact,
+    state_dict_arrays,
+    with_float32_panels,
+)
 
 DEVICES = ("cpu", "gpu")
 #: Decoder weight types (the first is the default): float32 is token-identical to the cpu backend.
@@ -191,12 +198,13 @@ def plan_for_checkpoint(plan: GraphPlan, state_dict: Mapping[str, Any]) -> Graph
 
 def plan_arrays(state_dict: Mapping[str, Any], plan: GraphPlan) -> dict[str, Any]:
     """The weights registry of ``plan``: its decoder type, the (vocab, state) embedding where the plan has
-    a decoder step, the float16 panels where the plan reads them, and no draft weights yet
+    a decoder step, the float16 panels where the plan reads them, the encoder graph's matrices as float32
+    panels where its kernels multiply by them, and no draft weights yet
     (:meth:`MaxWhisperGraphs.add_draft_weights` adds them when the draft is first built or loaded)."""
     arrays = state_dict_arrays(state_dict, draft=False, decoder_dtype=plan.dtype, embedding_rows=plan.step)
     if plan.panels:
         arrays.update(float16_panel_arrays(state_dict))
-    return arrays
+    return with_float32_panels(arrays) if plan.kernels else arrays
 
 
 def cache_shapes(dims: ModelDimensions, batch: int | str) -> list:
@@ -291,21 +299,25 @@ class MaxWhisperGraphs:
         """audio features -> (cross K/V..., draft cross K/V...)."""
         d = self.dims
         features = TensorType(DType.float32, ["batch", d.n_audio_ctx, d.n_audio_state], self.device)
-        with Graph("whisper_cross_kv", input_types=[features]) as graph:
+        with Graph("whisper_cross_kv", input_types=[features], custom_extensions=self.plan.extensions) as graph:
             graph.output(*self.cross_kv(graph.inputs[0].tensor))
         return graph
 
     def cross_kv(self, audio_features: TensorValue) -> list[TensorValue]:
         """Every block's cross-attention [k_0, v_0, ...] in the exact decoder's layouts, then the same
         in the single-row decoder's layouts: with a draft its bfloat16 ones, with a decoder step
-        its float32 ones (the exact decoder's matrices, so the step attends over the same values)."""
-        rows = []
-        if self.draft_decoder is not None:
-            rows = [ops.cast(kv, DType.bfloat16) for kv in self.draft_decoder.cross_kv(audio_features)]
-        elif self.step_decoder is not None:
-            for block in self.decoder.blocks:
-                rows += list(block.cross_attn.key_value(audio_features, one_query=True))
-        return [*self.decoder.cross_kv(audio_features), *rows]
+        its float32 ones. Each block's keys and values are made once, by the exact decoder's
+        matrices, and laid out for both."""
+        exact, rows = [], []
+        for block in self.decoder.blocks:
+            attn = block.cross_attn
+            k, v = attn.key(audio_features), attn.value(audio_features)
+            exact += attn.head_layouts(k, v, one_query=False)
+            if self.draft_decoder is not None:
+                rows += [ops.cast(kv, DType.bfloat16) for kv in attn.head_layouts(k, v, one_query=True)]
+            elif self.step_decoder is not None:
+                rows += attn.head_layouts(k, v, one_query=True)
+        return [*exact, *rows]
 
     def build_decoder(self) -> Graph:
         """(tokens, start, end, mask, rows, cache..., cross K/V...) -> logits (batch, n_rows, n_vocab).

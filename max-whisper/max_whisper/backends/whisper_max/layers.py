@@ -24,12 +24,21 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 from max.dtype import DType
 from max.graph import BufferValue, DeviceRef, Graph, TensorType, TensorValue, Weight, ops
 from max.graph.quantization import QuantizationEncoding
 from whisper.model import ModelDimensions
 
-from .weights import DRAFT_EMBEDDING, TOKEN_EMBEDDING, TOKEN_EMBEDDING_T, draft_name, fused_qkv_name, panels_name
+from .weights import (
+    DRAFT_EMBEDDING,
+    TOKEN_EMBEDDING,
+    TOKEN_EMBEDDING_T,
+    draft_name,
+    float32_panels_name,
+    fused_qkv_name,
+    panels_name,
+)
 
 #: openai-whisper's LayerNorm epsilon (torch's default).
 LN_EPS = 1e-5
@@ -112,6 +121,8 @@ class Linear:
     draft decoder's linear layers (the bias stays float32).  ``rowwise``: each output as a
     multiply-and-sum over a row of ``W`` (:func:`rowwise_product`), exact float32 on a GPU.
     ``panels``: multiply by the float16 panels of ``W`` (:func:`matmul_float16_panels`).
+    ``float32_panels``: multiply by the float32 panels of ``W`` where the registry holds them
+    (:func:`linear_float32_panels`, which also applies the bias, GELU and residual in one op).
     Otherwise ``product`` multiplies (:class:`Product`).
     """
 
@@ -124,11 +135,17 @@ class Linear:
         rowwise: bool = False,
         product: Product = MATMUL,
         panels: bool = False,
+        float32_panels: bool = False,
     ) -> None:
         self.weights, self.name, self.bias, self.quantized, self.rowwise = weights, name, bias, quantized, rowwise
-        self.product, self.panels = product, panels
+        self.product, self.panels, self.float32_panels = product, panels, float32_panels
 
-    def __call__(self, x: TensorValue) -> TensorValue:
+    def __call__(self, x: TensorValue, gelu: bool = False, residual: TensorValue | None = None) -> TensorValue:
+        """``residual + gelu(x W^T + b)``, with the GELU and the residual only where asked for."""
+        panels = float32_panels_name(f"{self.name}.weight")
+        if self.float32_panels and panels in self.weights.arrays:
+            bias = self.weights.get(f"{self.name}.bias") if self.bias else None
+            return linear_float32_panels(x, self.weights.get(panels), bias, gelu=gelu, residual=residual)
         if self.quantized:
             y = ops.qmatmul(QuantizationEncoding.Q4_0, None, x, self.weights.get(draft_name(f"{self.name}.weight")))
         elif self.rowwise:
@@ -140,7 +157,9 @@ class Linear:
             y = matmul_t(x, self.weights.get(f"{self.name}.weight"), self.product)
         if self.bias:
             y = y + self.weights.get(f"{self.name}.bias")
-        return y
+        if gelu:
+            y = ops.gelu(y)
+        return y if residual is None else residual + y
 
 
 def matmul_t(x: TensorValue, w: TensorValue, product: Product = MATMUL) -> TensorValue:
@@ -179,6 +198,39 @@ def matmul_float16_panels(x: TensorValue, panels: TensorValue, n_out: int) -> Te
     out_type = TensorType(DType.float32, [rows.shape[0], n_out], x.device)
     y = ops.custom("matmul_float16_panels", device=x.device, values=[rows, panels], out_types=[out_type])[0].tensor
     return ops.reshape(y, [*lead, n_out])
+
+
+def linear_float32_panels(
+    x: TensorValue,
+    panels: TensorValue,
+    bias: TensorValue | None,
+    *,
+    gelu: bool = False,
+    residual: TensorValue | None = None,
+    stride: int = 1,
+    taps: int = 1,
+    n_out: int | None = None,
+) -> TensorValue:
+    """``residual + gelu(x @ w + bias)`` for float32 ``x`` (batch, rows, C) and ``w`` (taps * C, N) held as
+    float32 panels (``weights.float32_panels``), each of ``bias``, the GELU and ``residual`` (batch or 1,
+    M, N) only where given: the custom ops of ``kernels/float32_panels.mojo`` (the graph must load that
+    package), which give MAX's matmul's bits (docs/performance.md, entry 48). With ``taps`` or ``stride``
+    above 1 a convolution over ``x``'s rows (time): output row t reads rows ``stride * t`` to ``stride * t
+    + taps - 1``, so ``x`` comes in padded. Returns (batch, M, N), M = (rows - taps) // stride + 1; N is
+    ``n_out``, by default every column of the panels."""
+    batch, rows, _ = x.shape
+    n_out = int(panels.shape[0]) * int(panels.shape[2]) if n_out is None else n_out
+    m = (int(rows) - taps) // stride + 1
+    if bias is None:
+        bias = ops.constant(np.zeros(n_out, np.float32), DType.float32, x.device)
+    values = [x, panels, bias]
+    name = "linear_float32_panels"
+    if residual is not None:
+        values.append(residual if residual.rank == 3 else ops.unsqueeze(residual, 0))
+        name += "_residual"
+    out_type = TensorType(DType.float32, [batch, m, n_out], x.device)
+    parameters = {"act": int(gelu), "stride": stride, "taps": taps}
+    return ops.custom(name, device=x.device, values=values, out_types=[out_type], parameters=parameters)[0].tensor
 
 
 def few_query_attention(q: TensorValue, k_t: TensorValue, v: TensorValue) -> TensorValue:
@@ -264,13 +316,15 @@ class MLP:
         rowwise: bool = False,
         product: Product = MATMUL,
         panels: bool = False,
+        float32_panels: bool = False,
     ) -> None:
         kinds = {"quantized": quantized, "rowwise": rowwise, "product": product, "panels": panels}
-        self.fc1 = Linear(weights, f"{name}.0", **kinds)
-        self.fc2 = Linear(weights, f"{name}.2", **kinds)
+        self.fc1 = Linear(weights, f"{name}.0", float32_panels=float32_panels, **kinds)
+        self.fc2 = Linear(weights, f"{name}.2", float32_panels=float32_panels, **kinds)
 
-    def __call__(self, x: TensorValue) -> TensorValue:
-        return self.fc2(ops.gelu(self.fc1(x)))
+    def __call__(self, x: TensorValue, residual: TensorValue | None = None) -> TensorValue:
+        """``residual + mlp(x)``, the residual only where given."""
+        return self.fc2(self.fc1(x, gelu=True), residual=residual)
 
 
 def split_heads(x: TensorValue, n_head: int) -> TensorValue:
@@ -380,7 +434,9 @@ class MultiHeadAttention:
     and values (computed once per window, in the encoder graph).  ``kernels``: the attention itself
     through CPU kernels (the graph must load ``kernels/``): the encoder's self-attention through
     :func:`encoder_attention`, the float32 decoder's over its cache through :func:`cached_attention`
-    and its cross-attention through :func:`few_query_attention`.
+    and its cross-attention through :func:`few_query_attention`; then the encoder's products, and the
+    cross-attention's keys and values (made in the encoder graph), multiply by float32 panels
+    (:func:`linear_float32_panels`).
     """
 
     def __init__(
@@ -394,6 +450,7 @@ class MultiHeadAttention:
         product: Product = MATMUL,
         panels: bool = False,
         kernels: bool = False,
+        float32_panels: bool = False,
     ) -> None:
         self.n_head = n_head
         self.quantized = quantized
@@ -401,30 +458,43 @@ class MultiHeadAttention:
         self.one_query = quantized or rowwise
         self.product = product
         kinds = {"rowwise": rowwise, "product": product}
-        self.query = Linear(weights, f"{name}.query", quantized=quantized, panels=panels, **kinds)
+        wide = {"float32_panels": float32_panels}
+        self.query = Linear(weights, f"{name}.query", quantized=quantized, panels=panels, **kinds, **wide)
         own_kv = quantized and not cross  # the draft's cross K/V come from the float32 encoder graph
         kv_panels = panels and not cross
-        self.key = Linear(weights, f"{name}.key", bias=False, quantized=own_kv, panels=kv_panels, **kinds)
-        self.value = Linear(weights, f"{name}.value", quantized=own_kv, panels=kv_panels, **kinds)
-        self.out = Linear(weights, f"{name}.out", quantized=quantized, panels=panels, **kinds)
+        # the cross-attention's keys and values are made once per window, in the encoder graph
+        kv_wide = {"float32_panels": float32_panels or (kernels and cross)}
+        self.key = Linear(weights, f"{name}.key", bias=False, quantized=own_kv, panels=kv_panels, **kinds, **kv_wide)
+        self.value = Linear(weights, f"{name}.value", quantized=own_kv, panels=kv_panels, **kinds, **kv_wide)
+        self.out = Linear(weights, f"{name}.out", quantized=quantized, panels=panels, **kinds, **wide)
         # the draft's self-attention projects its token once, onto the three stacked (weights.fused_qkv_name);
         # its query, key and value above are then never called (the draft has no 4-bit copies of them)
         self.qkv = Linear(weights, fused_qkv_name(name), quantized=True) if own_kv else None
 
-    def __call__(self, x: TensorValue, mask: TensorValue | None = None) -> TensorValue:
-        """Self-attention without a cache (the encoder's)."""
+    def __call__(
+        self, x: TensorValue, mask: TensorValue | None = None, residual: TensorValue | None = None
+    ) -> TensorValue:
+        """Self-attention without a cache (the encoder's), plus ``residual`` where given."""
         if self.kernels and mask is None:
-            return self.out(encoder_attention(self.query(x), self.key(x), self.value(x), self.n_head))
-        k_t, v = self.key_value(x)
-        return self.out(attend(self.query(x), k_t, v, self.n_head, mask, self.product))
+            out = encoder_attention(self.query(x), self.key(x), self.value(x), self.n_head)
+        else:
+            k_t, v = self.key_value(x)
+            out = attend(self.query(x), k_t, v, self.n_head, mask, self.product)
+        return self.out(out, residual=residual)
 
     def key_value(self, x: TensorValue, one_query: bool | None = None) -> tuple[TensorValue, TensorValue]:
         """Keys and values of ``x`` in the head layouts :func:`attend` takes, or with ``one_query``
         (by default in the draft decoder and the decoder step) the cache's layouts (:class:`KVCache`),
         which the draft's and the step's attention read."""
+        return self.head_layouts(self.key(x), self.value(x), one_query)
+
+    def head_layouts(
+        self, k: TensorValue, v: TensorValue, one_query: bool | None = None
+    ) -> tuple[TensorValue, TensorValue]:
+        """Keys and values (batch, ctx, state) in the head layouts of :meth:`key_value`."""
         if self.one_query if one_query is None else one_query:
-            return split_heads(self.key(x), self.n_head), keys_transposed(self.value(x), self.n_head)
-        return keys_transposed(self.key(x), self.n_head), split_heads(self.value(x), self.n_head)
+            return split_heads(k, self.n_head), keys_transposed(v, self.n_head)
+        return keys_transposed(k, self.n_head), split_heads(v, self.n_head)
 
     def cached(self, x: TensorValue, cache: KVCache, span: Span, mask: TensorValue | None = None) -> TensorValue:
         """Self-attention of the new tokens ``x`` over the cache: their keys and values are written
@@ -509,9 +579,12 @@ class ResidualAttentionBlock:
         product: Product = MATMUL,
         panels: bool = False,
         kernels: bool = False,
+        float32_panels: bool = False,
     ) -> None:
         kinds = {"rowwise": rowwise, "product": product, "panels": panels}
-        self.attn = MultiHeadAttention(weights, f"{name}.attn", n_head, quantized, kernels=kernels, **kinds)
+        self.attn = MultiHeadAttention(
+            weights, f"{name}.attn", n_head, quantized, kernels=kernels, float32_panels=float32_panels, **kinds
+        )
         self.attn_ln = LayerNorm(weights, f"{name}.attn_ln")
         self.cross_attn = (
             MultiHeadAttention(weights, f"{name}.cross_attn", n_head, quantized, cross=True, kernels=kernels, **kinds)
@@ -519,13 +592,14 @@ class ResidualAttentionBlock:
             else None
         )
         self.cross_attn_ln = LayerNorm(weights, f"{name}.cross_attn_ln") if cross_attention else None
-        self.mlp = MLP(weights, f"{name}.mlp", quantized, **kinds)
+        self.mlp = MLP(weights, f"{name}.mlp", quantized, float32_panels=float32_panels, **kinds)
         self.mlp_ln = LayerNorm(weights, f"{name}.mlp_ln")
 
     def __call__(self, x: TensorValue) -> TensorValue:
-        """The encoder's block: self-attention and MLP, each pre-norm with a residual."""
-        x = x + self.attn(self.attn_ln(x))
-        return x + self.mlp(self.mlp_ln(x))
+        """The encoder's block: self-attention and MLP, each pre-norm with a residual (added by their
+        output products)."""
+        x = self.attn(self.attn_ln(x), residual=x)
+        return self.mlp(self.mlp_ln(x), residual=x)
 
     def step(
         self,
@@ -552,21 +626,41 @@ class ResidualAttentionBlock:
 
 
 class Conv1d:
-    """A 1-D convolution of kernel 3, padding 1, as shifted slices and one matmul.
+    """A 1-D convolution of kernel 3, padding 1: as shifted slices and one matmul, or with
+    ``float32_panels`` (where the registry holds them) as one op that reads the padded frames in place
+    (:func:`linear_float32_panels`).
 
     Works on (batch, time, channels) values; ``stride`` 1 or 2 (whisper's conv1, conv2).
     """
 
-    def __init__(self, weights: WeightSource, name: str, stride: int, product: Product = MATMUL) -> None:
+    def __init__(
+        self, weights: WeightSource, name: str, stride: int, product: Product = MATMUL, float32_panels: bool = False
+    ) -> None:
         self.weights, self.name, self.stride, self.product = weights, name, stride, product
+        self.float32_panels = float32_panels
 
-    def __call__(self, x: TensorValue) -> TensorValue:
-        w = self.weights.get(f"{self.name}.weight")  # (out, in, 3)
-        out_channels, in_channels, width = (int(d) for d in w.shape)
-        batch, time, _ = x.shape
-        n_time = int(time)
+    def __call__(self, x: TensorValue, gelu: bool = False, residual: TensorValue | None = None) -> TensorValue:
+        """``residual + gelu(conv(x))``, with the GELU and the residual only where asked for."""
+        batch, time, in_channels = x.shape
         zeros = ops.broadcast_to(ops.constant(0.0, DType.float32, self.weights.device), [batch, 1, in_channels])
         padded = ops.concat([zeros, x, zeros], axis=1)  # (batch, time + 2, in)
+        panels = float32_panels_name(f"{self.name}.weight")
+        if self.float32_panels and panels in self.weights.arrays:
+            w = self.weights.get(panels)  # (out / 32, 3 * in, 32)
+            taps = int(w.shape[1]) // int(in_channels)
+            bias = self.weights.get(f"{self.name}.bias")
+            return linear_float32_panels(padded, w, bias, gelu=gelu, residual=residual, stride=self.stride, taps=taps)
+        y = self.columns_product(padded)
+        if gelu:
+            y = ops.gelu(y)
+        return y if residual is None else residual + y
+
+    def columns_product(self, padded: TensorValue) -> TensorValue:
+        """The convolution of the padded frames (batch, time + 2, in) as one matmul of their taps' columns."""
+        w = self.weights.get(f"{self.name}.weight")  # (out, in, 3)
+        out_channels, in_channels, width = (int(d) for d in w.shape)
+        batch, padded_time, _ = padded.shape
+        n_time = int(padded_time) - 2
         if self.stride == 1:
             taps = [padded[:, k : k + n_time, :] for k in range(width)]
             n_out = n_time
@@ -582,15 +676,17 @@ class Conv1d:
 
 class AudioEncoder:
     """whisper's ``AudioEncoder``: conv1, conv2, positional embedding, blocks, ``ln_post``;
-    ``product`` multiplies its matrices (:class:`Product`); ``kernels``: the blocks' self-attention
-    through :func:`encoder_attention` (a CPU kernel; the graph must load ``kernels/``)."""
+    ``product`` multiplies its matrices (:class:`Product`); ``kernels``: CPU kernels (the graph must
+    load ``kernels/``) for the blocks' self-attention (:func:`encoder_attention`) and, where the registry
+    holds its matrices as float32 panels, every product (:func:`linear_float32_panels`)."""
 
     def __init__(
         self, weights: WeightSource, dims: ModelDimensions, product: Product = MATMUL, kernels: bool = False
     ) -> None:
         self.weights = weights
-        self.conv1 = Conv1d(weights, "encoder.conv1", stride=1, product=product)
-        self.conv2 = Conv1d(weights, "encoder.conv2", stride=2, product=product)
+        wide = {"product": product, "float32_panels": kernels}
+        self.conv1 = Conv1d(weights, "encoder.conv1", stride=1, **wide)
+        self.conv2 = Conv1d(weights, "encoder.conv2", stride=2, **wide)
         self.blocks = [
             ResidualAttentionBlock(
                 weights,
@@ -599,6 +695,7 @@ class AudioEncoder:
                 cross_attention=False,
                 product=product,
                 kernels=kernels,
+                float32_panels=kernels,
             )
             for i in range(dims.n_audio_layer)
         ]
@@ -607,9 +704,8 @@ class AudioEncoder:
     def __call__(self, mel: TensorValue) -> TensorValue:
         """(batch, n_mels, 2 * n_audio_ctx) -> (batch, n_audio_ctx, n_audio_state)."""
         x = ops.permute(mel, [0, 2, 1])
-        x = ops.gelu(self.conv1(x))
-        x = ops.gelu(self.conv2(x))
-        x = x + self.weights.get("encoder.positional_embedding")
+        x = self.conv1(x, gelu=True)
+        x = self.conv2(x, gelu=True, residual=self.weights.get("encoder.positional_embedding"))
         for block in self.blocks:
             x = block(x)
         return self.ln_post(x)

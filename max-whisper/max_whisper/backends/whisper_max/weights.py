@@ -34,6 +34,14 @@ PANELS_SUFFIX = ".float16_panels"
 #: Columns of a (K, N) matrix per panel: what the ``matmul_float16_panels`` kernel
 #: (kernels/half_panels.mojo) holds in two 8-wide float32 registers.
 PANEL_WIDTH = 16
+#: Registry names of float32 panels (:func:`float32_panels`) end with this: the CPU plan's encoder and
+#: cross-attention keys and values multiply by their matrices (:func:`is_float32_panel_matrix`) through
+#: the ``linear_float32_panels`` kernel (kernels/float32_panels.mojo) instead of MAX's matmul, which
+#: gives the same bits but costs every graph holding one about a minute of compiling
+#: (docs/performance.md, entry 48).
+FLOAT32_PANELS_SUFFIX = ".float32_panels"
+#: Columns of a (K, N) matrix per float32 panel: two 16-wide float32 vectors of that kernel.
+FLOAT32_PANEL_WIDTH = 32
 #: Registry name of the 4-bit draft copy of the token embedding.
 DRAFT_EMBEDDING = "decoder.token_embedding.q4_0"
 #: GGML Q4_0 block: 32 weights -> a float16 scale and 16 bytes of 4-bit values.
@@ -156,6 +164,50 @@ def float16_panel_arrays(state_dict: dict[str, torch.Tensor]) -> dict[str, np.nd
             raise ValueError(f"{name} is not float16-exact: the decoder must read it in float32")
         panels[panels_name(name)] = float16_panels(half)
     return panels
+
+
+def is_float32_panel_matrix(name: str) -> bool:
+    """Whether the CPU plan multiplies by ``name`` as float32 panels: the encoder's matrices (its two
+    convolutions and its blocks' products) and the decoder's cross-attention keys and values, the
+    products of the encoder graph, each made once per window for 1500 rows."""
+    if name.startswith("encoder."):
+        layer = name.split(".")[-2]  # the layer norms: attn_ln, mlp_ln, ln_post
+        return name.endswith(".weight") and not (layer.endswith("_ln") or layer.startswith("ln_"))
+    return name.startswith("decoder.blocks.") and name.endswith((".cross_attn.key.weight", ".cross_attn.value.weight"))
+
+
+def float32_panels(weight: Any) -> np.ndarray:
+    """A ``Linear`` weight (out, in) or a ``Conv1d`` weight (out, in, taps) as the (K, N) matrix the
+    ``linear_float32_panels`` kernel multiplies by, in (ceil(N / 32), K, 32) panels: N = out, and K = in,
+    or for a convolution taps * in, tap-major (row ``tap * in + c``), so that a frame's taps are
+    consecutive frames of the input. Column n is ``panels[n // 32, :, n % 32]``; the columns past N
+    are zeros."""
+    full = torch.as_tensor(weight).detach().cpu().float()
+    if full.dim() == 3:  # (out, in, taps) -> (out, taps * in)
+        full = full.permute(0, 2, 1).reshape(full.shape[0], -1)
+    n, k = full.shape
+    n_panels = -(-n // FLOAT32_PANEL_WIDTH)
+    padded = torch.zeros((n_panels * FLOAT32_PANEL_WIDTH, k), dtype=torch.float32)
+    padded[:n] = full
+    return padded.view(n_panels, FLOAT32_PANEL_WIDTH, k).permute(0, 2, 1).contiguous().numpy()
+
+
+def float32_panels_name(name: str) -> str:
+    """Registry name of the float32 panels of the weight ``name``."""
+    return name + FLOAT32_PANELS_SUFFIX
+
+
+def with_float32_panels(arrays: dict[str, Any]) -> dict[str, Any]:
+    """The registry ``arrays`` with every matrix of :func:`is_float32_panel_matrix` held as float32 panels
+    (:func:`float32_panels_name`) instead, where its output width is a whole number of panels (every
+    official Whisper model's: widths are multiples of 64); the graphs read only the panels."""
+    out = {}
+    for name, array in arrays.items():
+        if is_float32_panel_matrix(name) and array.shape[0] % FLOAT32_PANEL_WIDTH == 0:
+            out[float32_panels_name(name)] = float32_panels(array)
+        else:
+            out[name] = array
+    return out
 
 
 def draft_arrays(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
