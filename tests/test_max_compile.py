@@ -199,7 +199,7 @@ def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) 
     # the step's products are multiply-and-sum reductions: no matmul, which MAX runs on TF32 tensor cores
     assert "matmul" not in str(built["decoder_step"])
     # every product of the others is split (layers.SplitProduct; bfloat16 weights are widened first): each of
-    # the CPU plan's matmuls is there once, its two operands each cast to bfloat16 for the split, and so are
+    # the CPU plan's products is there once as a matmul, its two operands each cast to bfloat16 for the split, and so are
     # the attention products that the CPU plan runs in its kernels (the encoder's self-attention, the
     # decoder's self-attention over its cache and its cross-attention)
     cpu_plan = GraphPlan("cpu")
@@ -216,7 +216,9 @@ def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) 
         # scores and values, per attention in a kernel
         in_kernel = 2 * sum(cpu_text.count(op) for op in kernel_ops)
         assert name != "cross_kv" or not in_kernel
-        assert matmuls == cpu_text.count("matmul") + in_kernel, f"{name}: matmuls added or lost"
+        # the CPU plan's products: MAX matmuls, float16-panel ops (named matmul_...) and float32-panel ops
+        products = cpu_text.count("matmul") + cpu_text.count("linear_float32_panels")
+        assert matmuls == products + in_kernel, f"{name}: matmuls added or lost"
         assert splits == 2 * matmuls, f"{name}: {splits} bfloat16 splits for {matmuls} matmuls"
 
 

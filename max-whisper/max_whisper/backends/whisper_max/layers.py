@@ -434,9 +434,9 @@ class MultiHeadAttention:
     and values (computed once per window, in the encoder graph).  ``kernels``: the attention itself
     through CPU kernels (the graph must load ``kernels/``): the encoder's self-attention through
     :func:`encoder_attention`, the float32 decoder's over its cache through :func:`cached_attention`
-    and its cross-attention through :func:`few_query_attention`; then the encoder's products, and the
-    cross-attention's keys and values (made in the encoder graph), multiply by float32 panels
-    (:func:`linear_float32_panels`).
+    and its cross-attention through :func:`few_query_attention`; with ``kernels`` the cross-attention's
+    keys and values (made once per window, in the encoder graph) multiply by float32 panels
+    (:func:`linear_float32_panels`).  ``float32_panels``: every product does (the encoder's attention).
     """
 
     def __init__(
