@@ -199,8 +199,8 @@ def test_gpu_plan_graphs_hold_no_cpu_only_kernels(checkpoint: dict, dtype: str) 
     # the step's products are multiply-and-sum reductions: no matmul, which MAX runs on TF32 tensor cores
     assert "matmul" not in str(built["decoder_step"])
     # every product of the others is split (layers.SplitProduct; bfloat16 weights are widened first): each of
-    # the CPU plan's products is there once as a matmul, its two operands each cast to bfloat16 for the split, and so are
-    # the attention products that the CPU plan runs in its kernels (the encoder's self-attention, the
+    # the CPU plan's products is there once as a matmul, its two operands each cast to bfloat16 for the split,
+    # and so are the attention products that the CPU plan runs in its kernels (the encoder's self-attention, the
     # decoder's self-attention over its cache and its cross-attention)
     cpu_plan = GraphPlan("cpu")
     cpu_arrays = plan_arrays(checkpoint["model_state_dict"], cpu_plan)

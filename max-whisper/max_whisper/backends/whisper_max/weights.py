@@ -130,11 +130,17 @@ def float16_panels(matrix: torch.Tensor) -> np.ndarray:
     (ceil(N / 16), K, 16) panels of its transpose: column n of the (K, N) matrix is
     ``panels[n // 16, :, n % 16]``, so the kernel streams each panel's 16 columns as one block; the
     columns past N are zeros and never stored."""
+    return transposed_panels(matrix, PANEL_WIDTH)
+
+
+def transposed_panels(matrix: torch.Tensor, width: int) -> np.ndarray:
+    """A (N, K) matrix as (ceil(N / width), K, width) panels of its transpose, in its own type: column n
+    of the (K, N) matrix is ``panels[n // width, :, n % width]``; the columns past N are zeros."""
     n, k = matrix.shape
-    n_panels = -(-n // PANEL_WIDTH)
-    padded = torch.zeros((n_panels * PANEL_WIDTH, k), dtype=torch.float16)
+    n_panels = -(-n // width)
+    padded = torch.zeros((n_panels * width, k), dtype=matrix.dtype)
     padded[:n] = matrix
-    return padded.view(n_panels, PANEL_WIDTH, k).permute(0, 2, 1).contiguous().numpy()
+    return padded.view(n_panels, width, k).permute(0, 2, 1).contiguous().numpy()
 
 
 def panels_name(name: str) -> str:
@@ -185,11 +191,7 @@ def float32_panels(weight: Any) -> np.ndarray:
     full = torch.as_tensor(weight).detach().cpu().float()
     if full.dim() == 3:  # (out, in, taps) -> (out, taps * in)
         full = full.permute(0, 2, 1).reshape(full.shape[0], -1)
-    n, k = full.shape
-    n_panels = -(-n // FLOAT32_PANEL_WIDTH)
-    padded = torch.zeros((n_panels * FLOAT32_PANEL_WIDTH, k), dtype=torch.float32)
-    padded[:n] = full
-    return padded.view(n_panels, FLOAT32_PANEL_WIDTH, k).permute(0, 2, 1).contiguous().numpy()
+    return transposed_panels(full, FLOAT32_PANEL_WIDTH)
 
 
 def float32_panels_name(name: str) -> str:
