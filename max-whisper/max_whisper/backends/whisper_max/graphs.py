@@ -307,16 +307,13 @@ class MaxWhisperGraphs:
         """Every block's cross-attention [k_0, v_0, ...] in the exact decoder's layouts, then the same
         in the single-row decoder's layouts: with a draft its bfloat16 ones, with a decoder step
         its float32 ones. Each block's keys and values are made once, by the exact decoder's
-        matrices, and laid out for both."""
-        exact, rows = [], []
-        for block in self.decoder.blocks:
-            attn = block.cross_attn
-            k, v = attn.key(audio_features), attn.value(audio_features)
-            exact += attn.head_layouts(k, v, one_query=False)
-            if self.draft_decoder is not None:
-                rows += [ops.cast(kv, DType.bfloat16) for kv in attn.head_layouts(k, v, one_query=True)]
-            elif self.step_decoder is not None:
-                rows += attn.head_layouts(k, v, one_query=True)
+        matrices; the single-row layouts are the exact ones with their last two axes swapped."""
+        exact = self.decoder.cross_kv(audio_features)
+        if self.draft_decoder is None and self.step_decoder is None:
+            return exact
+        rows = [ops.permute(kv, [0, 1, 3, 2]) for kv in exact]
+        if self.draft_decoder is not None:
+            rows = [ops.cast(kv, DType.bfloat16) for kv in rows]
         return [*exact, *rows]
 
     def build_decoder(self) -> Graph:

@@ -486,15 +486,9 @@ class MultiHeadAttention:
         """Keys and values of ``x`` in the head layouts :func:`attend` takes, or with ``one_query``
         (by default in the draft decoder and the decoder step) the cache's layouts (:class:`KVCache`),
         which the draft's and the step's attention read."""
-        return self.head_layouts(self.key(x), self.value(x), one_query)
-
-    def head_layouts(
-        self, k: TensorValue, v: TensorValue, one_query: bool | None = None
-    ) -> tuple[TensorValue, TensorValue]:
-        """Keys and values (batch, ctx, state) in the head layouts of :meth:`key_value`."""
         if self.one_query if one_query is None else one_query:
-            return split_heads(k, self.n_head), keys_transposed(v, self.n_head)
-        return keys_transposed(k, self.n_head), split_heads(v, self.n_head)
+            return split_heads(self.key(x), self.n_head), keys_transposed(self.value(x), self.n_head)
+        return keys_transposed(self.key(x), self.n_head), split_heads(self.value(x), self.n_head)
 
     def cached(self, x: TensorValue, cache: KVCache, span: Span, mask: TensorValue | None = None) -> TensorValue:
         """Self-attention of the new tokens ``x`` over the cache: their keys and values are written

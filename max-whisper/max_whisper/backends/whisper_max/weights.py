@@ -82,10 +82,17 @@ def is_decoder_matrix(name: str) -> bool:
     return (
         name.startswith("decoder.blocks.")
         and name.endswith(".weight")
-        and not name.split(".")[-2].endswith("ln")
+        and not is_layer_norm(name)
         and ".cross_attn.key." not in name
         and ".cross_attn.value." not in name
     )
+
+
+def is_layer_norm(name: str) -> bool:
+    """Whether ``name`` belongs to one of whisper's layer norms (``attn_ln``, ``cross_attn_ln``, ``mlp_ln``,
+    ``ln_post``, the decoder's ``ln``)."""
+    layer = name.split(".")[-2]
+    return layer == "ln" or layer.endswith("_ln") or layer.startswith("ln_")
 
 
 def state_dict_arrays(
@@ -177,8 +184,7 @@ def is_float32_panel_matrix(name: str) -> bool:
     convolutions and its blocks' products) and the decoder's cross-attention keys and values, the
     products of the encoder graph, each made once per window for 1500 rows."""
     if name.startswith("encoder."):
-        layer = name.split(".")[-2]  # the layer norms: attn_ln, mlp_ln, ln_post
-        return name.endswith(".weight") and not (layer.endswith("_ln") or layer.startswith("ln_"))
+        return name.endswith(".weight") and not is_layer_norm(name)
     return name.startswith("decoder.blocks.") and name.endswith((".cross_attn.key.weight", ".cross_attn.value.weight"))
 
 
